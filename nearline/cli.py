@@ -1,0 +1,156 @@
+"""`nearline` console script. Each subcommand is a thin wrapper around a module function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from nearline.config import load_config
+
+
+def _cfg(args):
+    return load_config(args.config)
+
+
+# ---- services ---------------------------------------------------------------------------------
+def cmd_services(args) -> int:
+    from nearline.services import LocalServices
+
+    svc = LocalServices(_cfg(args))
+    if args.action == "up":
+        st = svc.up()
+        print(f"kafka  {st.kafka_bootstrap}  ({st.broker if st.kafka_pid else 'external'}, pid {st.kafka_pid})")
+        print(f"redis  {st.redis_url}  (pid {st.redis_pid or 'external'})")
+    elif args.action == "down":
+        stopped = svc.down()
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    else:
+        st = svc.status()
+        if args.json:
+            print(json.dumps(st))
+        else:
+            for k, v in st.items():
+                print(f"{k:16s} {v}")
+        return 0 if st["kafka_up"] and st["redis_up"] else 1
+    return 0
+
+
+# ---- marketplace ------------------------------------------------------------------------------
+def cmd_marketplace(args) -> int:
+    cfg = _cfg(args)
+    out = Path(args.out) if args.out else cfg.path(cfg.standardizers.taxonomy_dir)
+    if args.action == "generate":
+        from nearline.marketplace.generate import MarketplaceSpec, generate
+
+        spec = MarketplaceSpec(members=args.members, jobs=args.jobs, seed=args.seed,
+                               impressions_per_member=args.impressions, companies=args.companies)
+        summary = generate(spec, out, fmt=args.format)
+        print(json.dumps({k: v for k, v in summary.items() if k != "spec"}, indent=2))
+        print(f"written to {out}")
+        return 0
+    from nearline import kafka_io
+    from nearline.codec import Codec
+    from nearline.marketplace.stream import UpdateStreamer, load_marketplace, publish
+    from nearline.services import resolve_endpoints
+
+    bootstrap, _ = resolve_endpoints(cfg)
+    streamer = UpdateStreamer(load_marketplace(out), seed=args.seed)
+    producer = kafka_io.make_producer(bootstrap, cfg.kafka.producer_linger_ms)
+    counts = publish(streamer, producer, cfg.topics.entity_updates, Codec(), args.count, args.rate)
+    producer.close()
+    print(json.dumps(counts))
+    return 0
+
+
+# ---- standardizers ----------------------------------------------------------------------------
+def cmd_standardize(args) -> int:
+    from nearline.services import resolve_endpoints
+    from nearline.standardize import run_processor
+
+    cfg = _cfg(args)
+    bootstrap, _ = resolve_endpoints(cfg)
+    stats = run_processor(cfg, args.processor, bootstrap, max_messages=args.max_messages, idle_exit_s=args.idle_exit)
+    print(json.dumps({"processor": args.processor, **stats}))
+    return 0
+
+
+# ---- models -----------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    from nearline.registry import Registry, check_package
+
+    cfg = _cfg(args)
+    reg = Registry(cfg.path(cfg.models.registry))
+    entries = reg.entries()
+    if args.action == "list":
+        print(f"{'model':28s} {'type':7s} {'dim':>4s}  {'standardizers':28s} path")
+        for e in entries:
+            pkg, problems = check_package(reg.resolve(e), cfg.entity_types)
+            if pkg:
+                m = pkg.manifest
+                print(f"{m.key:28s} {m.entity_type:7s} {m.output_dim:4d}  {','.join(sorted(m.standardizers())):28s} {e}")
+            else:
+                print(f"{'(broken)':28s} {'-':7s} {'-':>4s}  {'-':28s} {e}")
+        return 0
+    bad = 0
+    for e in entries:
+        pkg, problems = check_package(reg.resolve(e), cfg.entity_types)
+        if problems:
+            bad += 1
+            print(f"FAIL {e}")
+            for p in problems:
+                print(f"  - {p}")
+        else:
+            print(f"ok   {e}  ({pkg.manifest.key}, {pkg.manifest.entity_type})")
+    print(f"{len(entries) - bad} ok, {bad} broken")
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nearline", description="Nearline embedding service: keeps entity embeddings fresh in Redis and Kafka.")
+    p.add_argument("--config", help="config file (default: $NEARLINE_CONFIG, ./nearline.yaml, or the repo's)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("services", help="start/stop/inspect the local Redis and Kafka-protocol broker")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("--json", action="store_true", help="status as JSON (kafka_bootstrap, redis_url, PIDs)")
+    s.set_defaults(func=cmd_services)
+
+    s = sub.add_parser("marketplace", help="synthetic job marketplace: generate data files or stream updates")
+    s.add_argument("action", choices=["generate", "stream"])
+    s.add_argument("--out", help="data directory (default: standardizers.taxonomy_dir)")
+    s.add_argument("--seed", type=int, default=7, help="random seed (deterministic output)")
+    s.add_argument("--members", type=int, default=2000)
+    s.add_argument("--jobs", type=int, default=1000)
+    s.add_argument("--impressions", type=int, default=20, help="jobs shown per member (view task rows)")
+    s.add_argument("--companies", type=int, default=0, help="0 = scale with size")
+    s.add_argument("--format", choices=["parquet", "avro"], default="parquet")
+    s.add_argument("--rate", type=float, default=200.0, help="stream: events per second (0 = unthrottled)")
+    s.add_argument("--count", type=int, default=1000, help="stream: number of events")
+    s.set_defaults(func=cmd_marketplace)
+
+    s = sub.add_parser("standardize", help="run one feature-standardization processor (its own consumer group)")
+    s.add_argument("--processor", required=True, choices=["title", "skills", "company", "geo"])
+    s.add_argument("--max-messages", type=int, default=None, help="stop after this many inputs")
+    s.add_argument("--idle-exit", type=float, default=None, help="stop after this many idle seconds")
+    s.set_defaults(func=cmd_standardize)
+
+    s = sub.add_parser("models", help="list registered model versions or check every package")
+    s.add_argument("action", choices=["list", "check"])
+    s.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Feature-standardization processors: raw text -> taxonomy ids.
+
+Each processor is a small class with one pure method, ``standardize(fields) -> features``, built from
+the taxonomies the marketplace generator writes. :func:`run_processor` runs one of them as its own
+process and consumer group: read EntityUpdate, write StandardizedFeatures to the processor's topic keyed
+by entity, keep the update version, dead-letter what cannot be parsed, and commit input offsets only
+after the output (and any dead letter) is acknowledged by the broker.
+"""
+
+from __future__ import annotations
+
+import difflib
+import heapq
+import logging
+import random
+import re
+import signal
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from nearline.codec import Codec, CodecError
+from nearline.config import Config
+from nearline.deadletter import encode_dead_letter
+from nearline.marketplace.generate import ABBREV
+from nearline.marketplace.taxonomy import Taxonomies
+from nearline.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = 0
+_PUNCT = re.compile(r"[^\w&+#/ ]+")
+_SPACES = re.compile(r"\s+")
+_EXPAND = {v.rstrip("."): k for k, v in ABBREV.items()}
+_EXPAND.update({"snr": "senior", "sr": "senior", "jr": "junior", "sw": "software"})
+
+
+class StandardizationError(ValueError):
+    """The input cannot be standardized at all (not merely an unknown value): it is dead-lettered."""
+
+
+def normalize(text: str) -> str:
+    text = _PUNCT.sub(" ", text.lower().replace(".", " "))
+    words = [_EXPAND.get(w, w) for w in _SPACES.split(text.strip()) if w]
+    return " ".join(words)
+
+
+class AliasMatcher:
+    """Exact lookup of normalised aliases, then a fuzzy match (typos) above a similarity cutoff."""
+
+    def __init__(self, canon: list[str], aliases: dict[str, list[str]], cutoff: float = 0.84):
+        self.table: dict[str, int] = {}
+        for tid, name in enumerate(canon):
+            if tid == UNKNOWN:
+                continue
+            for alias in [name] + aliases.get(name, []):
+                key = normalize(alias)
+                if key:
+                    self.table.setdefault(key, tid)
+        self.keys = list(self.table)
+        self.cutoff = cutoff
+        self.match = lru_cache(maxsize=200_000)(self._match)
+
+    def _match(self, text: str) -> int:
+        key = normalize(text)
+        if not key:
+            return UNKNOWN
+        if key in self.table:
+            return self.table[key]
+        close = difflib.get_close_matches(key, self.keys, n=1, cutoff=self.cutoff)
+        return self.table[close[0]] if close else UNKNOWN
+
+
+class Processor:
+    name: str = ""
+    fields: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+
+    def __init__(self, tax: Taxonomies):
+        self.tax = tax
+
+    def standardize(self, fields: dict[str, str]) -> dict[str, dict]:
+        raise NotImplementedError
+
+    def _require(self, fields: dict[str, str]) -> list[str]:
+        missing = [f for f in self.fields if f not in fields]
+        if missing:
+            raise StandardizationError(f"{self.name}: raw field(s) {missing} missing from the update")
+        return [fields[f] for f in self.fields]
+
+
+def _one(tid: int) -> dict:
+    return {"ids": [int(tid)], "weights": None}
+
+
+class TitleProcessor(Processor):
+    """Title text -> occupation title id and seniority id (the seniority words are stripped first)."""
+
+    name, fields, features = "title", ("title",), ("title", "seniority")
+
+    def __init__(self, tax: Taxonomies):
+        super().__init__(tax)
+        self.titles = AliasMatcher(tax.titles, tax.aliases["titles"])
+        sen = []
+        for level, aliases in tax.aliases["seniority"].items():
+            for a in aliases:
+                if a:
+                    sen.append((normalize(a), tax.seniority.index(level)))
+        self.seniority_prefixes = sorted(sen, key=lambda x: -len(x[0]))  # longest prefix first
+        self.mid = tax.seniority.index("mid")
+
+    def standardize(self, fields):
+        (raw,) = self._require(fields)
+        text = normalize(raw)
+        sen = self.mid
+        for prefix, sid in self.seniority_prefixes:
+            # strip a seniority prefix only when what remains is still a known title
+            if text.startswith(prefix + " ") and self.titles.match(text[len(prefix) + 1:]) != UNKNOWN:
+                sen, text = sid, text[len(prefix) + 1:]
+                break
+        return {"title": _one(self.titles.match(text)), "seniority": _one(sen)}
+
+
+class SkillsProcessor(Processor):
+    """Delimited skill list -> skill ids (deduplicated, order kept), weight 1 per recognised skill."""
+
+    name, fields, features = "skills", ("skills",), ("skills",)
+    _SPLIT = re.compile(r"[,;|\n]+")
+
+    def __init__(self, tax: Taxonomies):
+        super().__init__(tax)
+        self.skills = AliasMatcher(tax.skills, tax.aliases["skills"], cutoff=0.8)
+
+    def standardize(self, fields):
+        (raw,) = self._require(fields)
+        ids: list[int] = []
+        for part in self._SPLIT.split(raw):
+            if part.strip():
+                sid = self.skills.match(part)
+                if sid != UNKNOWN and sid not in ids:
+                    ids.append(sid)
+        return {"skills": {"ids": ids or [UNKNOWN], "weights": [1.0] * len(ids) if ids else [0.0]}}
+
+
+class CompanyProcessor(Processor):
+    name, fields, features = "company", ("company",), ("company",)
+    _SUFFIX = re.compile(r"\b(inc|llc|corp|corporation|co|ltd|group|technologies)\b")
+
+    def __init__(self, tax: Taxonomies):
+        super().__init__(tax)
+        self.companies = AliasMatcher(tax.companies, {c: [] for c in tax.companies}, cutoff=0.85)
+
+    def standardize(self, fields):
+        (raw,) = self._require(fields)
+        text = _SPACES.sub(" ", self._SUFFIX.sub(" ", normalize(raw))).strip()
+        return {"company": _one(self.companies.match(text))}
+
+
+class GeoProcessor(Processor):
+    name, fields, features = "geo", ("location",), ("geo",)
+
+    def __init__(self, tax: Taxonomies):
+        super().__init__(tax)
+        self.geo = AliasMatcher(tax.geo, tax.aliases["geo"])
+
+    def standardize(self, fields):
+        (raw,) = self._require(fields)
+        return {"geo": _one(self.geo.match(raw))}
+
+
+PROCESSORS: dict[str, type[Processor]] = {p.name: p for p in (TitleProcessor, SkillsProcessor, CompanyProcessor, GeoProcessor)}
+FEATURE_TO_PROCESSOR = {f: p.name for p in PROCESSORS.values() for f in p.features}
+
+
+def make_processor(name: str, tax: Taxonomies) -> Processor:
+    try:
+        return PROCESSORS[name](tax)
+    except KeyError:
+        raise ValueError(f"unknown processor {name!r}; known: {sorted(PROCESSORS)}") from None
+
+
+def load_taxonomies(cfg: Config) -> Taxonomies:
+    path = cfg.path(cfg.standardizers.taxonomy_dir) / "taxonomies.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `nearline marketplace generate` first")
+    return Taxonomies.load(path)
+
+
+def standardize_message(proc: Processor, codec: Codec, value: bytes, now_ms: int) -> tuple[str, bytes] | None:
+    """One EntityUpdate -> (key, StandardizedFeatures bytes); None for a delete (nothing to standardize).
+
+    Raises CodecError / StandardizationError for input that must be dead-lettered.
+    """
+    upd = codec.decode(value, expect="EntityUpdate")
+    if upd["op"] == "DELETE":
+        return None
+    feats = proc.standardize(upd["fields"])
+    out = {"entity_type": upd["entity_type"], "entity_id": upd["entity_id"], "version": upd["version"],
+           "processor": proc.name, "features": feats, "produced_at": now_ms}
+    return f"{upd['entity_type']}:{upd['entity_id']}", codec.encode("StandardizedFeatures", out)
+
+
+def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int | None = None,
+                  idle_exit_s: float | None = None, stop: list | None = None) -> dict:
+    """The processor's consume-standardize-produce loop. Returns counters when it stops.
+
+    Stops on SIGTERM/SIGINT, after ``max_messages`` inputs, or after ``idle_exit_s`` without input.
+    """
+    from nearline import kafka_io
+
+    proc = make_processor(name, load_taxonomies(cfg))
+    codec = Codec()
+    delay = cfg.standardizers.delays.get(name)
+    delay_s = (delay.delay_ms / 1000.0) if delay else 0.0
+    jitter_s = (delay.jitter_ms / 1000.0) if delay else 0.0
+    rnd = random.Random(hash(name) & 0xFFFF)
+    out_topic = cfg.standardized_topic(name)
+    consumer = kafka_io.make_consumer(bootstrap, f"standardizer-{name}",
+                                      session_timeout_ms=cfg.kafka.session_timeout_ms,
+                                      heartbeat_interval_ms=cfg.kafka.heartbeat_interval_ms,
+                                      max_poll_records=500)
+    consumer.subscribe([cfg.topics.entity_updates])
+    producer = kafka_io.make_producer(bootstrap, cfg.kafka.producer_linger_ms)
+    tracker = OffsetTracker()
+    held: list = []  # (due, seq, tp, offset, key, value) delayed outputs
+    seq = 0
+    stats = {"read": 0, "written": 0, "deletes_skipped": 0, "dead_letters": 0}
+    stopping = stop if stop is not None else []
+
+    def _sig(*_):
+        stopping.append(True)
+
+    old = {s: signal.signal(s, _sig) for s in (signal.SIGTERM, signal.SIGINT)} if stop is None else {}
+    last_input = time.monotonic()
+    try:
+        while not stopping:
+            batch = consumer.poll(timeout_ms=100)
+            now = time.monotonic()
+            sends = []
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    stats["read"] += 1
+                    tracker.read(tp, m.offset)
+                    try:
+                        res = standardize_message(proc, codec, m.value, int(time.time() * 1000))
+                    except (CodecError, StandardizationError) as exc:
+                        stats["dead_letters"] += 1
+                        dl = encode_dead_letter(codec, original=m.value, key=m.key, topic=m.topic, partition=m.partition,
+                                                offset=m.offset, stage=f"standardize.{name}", error=str(exc))
+                        sends.append((producer.send(cfg.topics.dead_letter, key=m.key, value=dl), tp, m.offset))
+                        continue
+                    if res is None:
+                        stats["deletes_skipped"] += 1
+                        tracker.done(tp, m.offset)
+                        continue
+                    due = now + delay_s + (rnd.random() * jitter_s if jitter_s else 0.0)
+                    heapq.heappush(held, (due, seq, tp, m.offset, res[0].encode(), res[1]))
+                    seq += 1
+            if batch or not consumer.assignment():
+                last_input = now  # idle time counts only once the group has given us partitions
+            while held and held[0][0] <= now:
+                _, _, tp, off, key, value = heapq.heappop(held)
+                sends.append((producer.send(out_topic, key=key, value=value), tp, off))
+            if sends:
+                producer.flush()
+                for fut, tp, off in sends:
+                    fut.get(timeout=30)  # raises if the broker did not acknowledge: offsets stay uncommitted
+                    tracker.done(tp, off)
+                stats["written"] += sum(1 for f, _, _ in sends)
+            to_commit = tracker.committable()
+            if to_commit:
+                kafka_io.commit(consumer, to_commit)
+                tracker.mark_committed(to_commit)
+            if max_messages is not None and stats["read"] >= max_messages and not held:
+                break
+            if idle_exit_s is not None and not held and time.monotonic() - last_input > idle_exit_s:
+                break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        producer.close(timeout=10)
+        consumer.close(autocommit=False)
+    stats["written"] -= stats["dead_letters"]
+    return stats

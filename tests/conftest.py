@@ -1,0 +1,94 @@
+"""Shared fixtures. Integration fixtures start REAL servers (redis-server, Kafka-protocol brokers from
+PyPI) on free ports with the same code as `nearline services up`, and stop them at the end."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from nearline.config import Config, ServicesConfig
+from nearline.services import LocalServices
+
+BROKERS = os.environ.get("NEARLINE_TEST_BROKERS", "noida,tansu").split(",")
+
+
+def _services_cfg(broker: str) -> Config:
+    cfg = Config()
+    cfg.services = ServicesConfig(broker=broker, kafka_port=0, redis_port=0)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A private redis-server for the whole session."""
+    if os.environ.get("NEARLINE_REDIS_URL"):
+        yield os.environ["NEARLINE_REDIS_URL"]
+        return
+    cfg = _services_cfg("noida")
+    cfg.kafka.bootstrap = "unused:1"  # only Redis is started here
+    svc = LocalServices(cfg, tmp_path_factory.mktemp("redis"))
+    yield svc.up(create_topics=False).redis_url
+    svc.down()
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def kafka_bootstrap(request, tmp_path_factory):
+    """A real Kafka-protocol broker, once per broker package (noida-db and Tansu)."""
+    if os.environ.get("NEARLINE_KAFKA_BOOTSTRAP"):
+        yield os.environ["NEARLINE_KAFKA_BOOTSTRAP"]
+        return
+    broker = request.param
+    cfg = _services_cfg(broker)
+    cfg.redis.url = "redis://unused:1/0"  # only the broker is started here
+    svc = LocalServices(cfg, tmp_path_factory.mktemp(f"kafka-{broker}"))
+    st = svc.up()
+    yield st.kafka_bootstrap
+    svc.down()
+
+
+@pytest.fixture(scope="session")
+def noida_bootstrap(tmp_path_factory):
+    """One noida-db broker for the tests that are not about broker differences (end to end)."""
+    if os.environ.get("NEARLINE_KAFKA_BOOTSTRAP"):
+        yield os.environ["NEARLINE_KAFKA_BOOTSTRAP"]
+        return
+    cfg = _services_cfg("noida")
+    cfg.redis.url = "redis://unused:1/0"
+    svc = LocalServices(cfg, tmp_path_factory.mktemp("kafka-e2e"))
+    st = svc.up()
+    yield st.kafka_bootstrap
+    svc.down()
+
+
+@pytest.fixture
+def unique():
+    """A short unique suffix so tests sharing a broker never share topics or groups."""
+    return uuid.uuid4().hex[:8]
+
+
+def isolated_config(bootstrap: str, redis_url: str, suffix: str, **overrides) -> Config:
+    """A Config whose topics and groups are private to one test."""
+    cfg = Config()
+    cfg.kafka.bootstrap, cfg.redis.url = bootstrap, redis_url
+    t = cfg.topics
+    cfg.topics = replace(t, entity_updates=f"{t.entity_updates}-{suffix}", standardized_prefix=f"std-{suffix}.",
+                         embeddings=f"{t.embeddings}-{suffix}", dead_letter=f"{t.dead_letter}-{suffix}")
+    cfg.kafka.consumer_group = f"nearline-{suffix}"
+    cfg.redis.key_prefix = f"emb-{suffix}"
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def marketplace_dir(tmp_path_factory) -> Path:
+    """A small generated marketplace (taxonomies + tables) shared by the tests."""
+    from nearline.marketplace.generate import MarketplaceSpec, generate
+
+    out = tmp_path_factory.mktemp("marketplace")
+    generate(MarketplaceSpec(members=400, jobs=200, seed=3), out, progress=False)
+    return out

@@ -1,0 +1,66 @@
+"""A standardizer as its own process against a real broker: outputs, versions, dead letters, commits."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nearline import kafka_io
+from nearline.codec import Codec
+from nearline.kafka_io import TopicPartition
+from nearline.marketplace.stream import UpdateStreamer, load_marketplace
+from tests.conftest import isolated_config
+
+pytestmark = pytest.mark.integration
+
+
+def _read_all(bootstrap, topic, expect, timeout=30):
+    c = kafka_io.make_consumer(bootstrap, None)
+    c.assign([TopicPartition(topic, p) for p in kafka_io.partitions_of(c, topic)])
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < expect and time.monotonic() < deadline:
+        for msgs in c.poll(200).values():
+            got.extend(msgs)
+    c.close()
+    return got
+
+
+def test_title_processor_process(kafka_bootstrap, unique, marketplace_dir, tmp_path):
+    cfg = isolated_config(kafka_bootstrap, "redis://unused:1/0", unique)
+    kafka_io.ensure_topics(kafka_bootstrap, cfg.all_topics(), 4)
+    codec = Codec()
+    streamer = UpdateStreamer(load_marketplace(marketplace_dir), seed=2)
+    events = list(streamer.take(120))
+    p = kafka_io.make_producer(kafka_bootstrap)
+    for ev in events:
+        p.send(cfg.topics.entity_updates, key=ev.key.encode(), value=codec.encode("EntityUpdate", ev.record))
+    p.send(cfg.topics.entity_updates, key=b"job:bad", value=b"\x00garbage")
+    p.flush()
+
+    cfg_file = tmp_path / "nearline.yaml"
+    cfg_file.write_text(f"""
+topics: {{entity_updates: {cfg.topics.entity_updates}, standardized_prefix: "{cfg.topics.standardized_prefix}",
+          dead_letter: {cfg.topics.dead_letter}, embeddings: {cfg.topics.embeddings}}}
+kafka: {{bootstrap: "{kafka_bootstrap}"}}
+redis: {{url: "redis://unused:1/0"}}
+standardizers: {{taxonomy_dir: "{marketplace_dir}", delays: {{title: {{delay_ms: 20, jitter_ms: 50}}}}}}
+""")
+    out = subprocess.run([sys.executable, "-m", "nearline.cli", "--config", str(cfg_file), "standardize",
+                          "--processor", "title", "--idle-exit", "3"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    upserts = [e for e in events if e.record["op"] == "UPSERT"]
+    outs = _read_all(kafka_bootstrap, cfg.standardized_topic("title"), len(upserts))
+    assert len(outs) == len(upserts)
+    decoded = {(m.key.decode(), codec.decode(m.value)["version"]) for m in outs}
+    assert decoded == {(e.key, e.record["version"]) for e in upserts}  # keyed by entity, version kept
+    dls = _read_all(kafka_bootstrap, cfg.topics.dead_letter, 1)
+    assert len(dls) == 1
+    dl = codec.decode(dls[0].value, expect="DeadLetter")
+    assert dl["original"] == b"\x00garbage" and dl["stage"] == "standardize.title" and "Avro" in dl["error"]
+    # everything was committed after being acknowledged: the group has no lag
+    c = kafka_io.make_consumer(kafka_bootstrap, "standardizer-title")
+    tps = [TopicPartition(cfg.topics.entity_updates, p) for p in kafka_io.partitions_of(c, cfg.topics.entity_updates)]
+    committed = sum(c.committed(tp) or 0 for tp in tps)
+    assert committed == len(events) + 1
+    c.close()

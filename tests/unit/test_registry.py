@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from nearline.features import FeatureShapeError, build_inputs
+from nearline.registry import Manifest, Registry, check_package, required_standardizers
+from tests.helpers import make_package
+
+
+def test_valid_package_and_registry_lines(tmp_path):
+    reg = Registry(tmp_path / "registry.yaml")
+    p1 = make_package(tmp_path / "packages", "member_tiny", "v1", "member")
+    p2 = make_package(tmp_path / "packages", "job_tiny", "v1", "job", features={"title": ("title", 24, 1, False)})
+    line = reg.register(p1)
+    assert line == "- packages/member_tiny/v1"
+    reg.register(p2)
+    reg.register(p2)  # idempotent
+    assert reg.path.read_text().count("\n") == 2  # one line per version
+    good, bad = reg.load(["member", "job"])
+    assert [g.manifest.key for g in good] == ["member_tiny@v1", "job_tiny@v1"] and not bad
+    assert required_standardizers(good) == {"member": {"title", "skills", "company", "geo"}, "job": {"title"}}
+
+
+def test_check_names_exactly_what_is_wrong(tmp_path):
+    p = make_package(tmp_path, "m", "v1", "member")
+    # wrong checksum
+    man = json.loads((p / "manifest.json").read_text())
+    (p / "manifest.json").write_text(json.dumps({**man, "sha256": "0" * 64}))
+    _, problems = check_package(p)
+    assert len(problems) == 1 and "SHA-256" in problems[0]
+    # manifest declares a max_len the graph does not have, and an input the graph lacks
+    man["inputs"][0]["max_len"] = 3
+    man["inputs"].append({**man["inputs"][0], "name": "industry", "max_len": 1})
+    (p / "manifest.json").write_text(json.dumps(man))
+    _, problems = check_package(p)
+    text = "\n".join(problems)
+    assert "'title' has shape" in text and "'industry' declared in the manifest is missing" in text
+    # a corrupted ONNX file whose checksum matches
+    (p / "tower.onnx").write_bytes(b"garbage")
+    from nearline.registry import sha256_file
+    man = json.loads((p / "manifest.json").read_text())
+    man["sha256"] = sha256_file(p / "tower.onnx")
+    (p / "manifest.json").write_text(json.dumps(man))
+    _, problems = check_package(p)
+    assert "onnxruntime cannot load" in problems[0]
+    (p / "tower.onnx").unlink()
+    assert "tower.onnx missing" in check_package(p)[1][0]
+
+
+def test_build_inputs_clips_pads_and_truncates(tmp_path):
+    p = make_package(tmp_path, "m", "v1", "member")
+    man = Manifest.from_json(json.loads((p / "manifest.json").read_text()))
+    rows = [
+        {"title": {"ids": [3], "weights": None}, "skills": {"ids": list(range(1, 12)), "weights": [0.5] * 11},
+         "company": {"ids": [10_000], "weights": None}, "geo": {"ids": [0], "weights": None}},
+        {"title": {"ids": [1], "weights": None}},  # the rest missing: declared defaults
+    ]
+    feed = build_inputs(man, rows)
+    assert feed["title"].tolist() == [[5], [3]]            # taxonomy id t -> row t+2
+    assert feed["company"].tolist() == [[1], [2]]          # beyond vocab -> OOV (1); default [0] -> row 2
+    assert feed["skills"].shape == (2, 8) and feed["skills"][0].tolist() == list(range(3, 11))  # truncated
+    assert feed["skills__weight"][0].tolist() == [0.5] * 8
+    sess = ort.InferenceSession(str(p / "tower.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(["embedding"], feed)[0]
+    assert out.shape == (2, 8) and np.isfinite(out).all()
+    with pytest.raises(FeatureShapeError, match="3 weights for 2 ids"):
+        build_inputs(man, [{"skills": {"ids": [1, 2], "weights": [1.0, 1.0, 1.0]}}])
+    with pytest.raises(FeatureShapeError, match="non-negative integer"):
+        build_inputs(man, [{"geo": {"ids": [-4], "weights": None}}])
