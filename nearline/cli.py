@@ -108,6 +108,31 @@ def cmd_models(args) -> int:
     return 1 if bad else 0
 
 
+# ---- training ---------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    try:
+        from models.train import run_training
+    except ImportError as exc:
+        print(f"training needs the train extra (torch==2.13.0): pip install -e '.[train]' ({exc})", file=sys.stderr)
+        return 2
+    from nearline.registry import Registry
+
+    cfg = _cfg(args)
+    reg = Registry(cfg.path(cfg.models.registry))
+    s = run_training(Path(args.config_file), Path(args.out) if args.out else None, args.version,
+                     reg if args.register else None,
+                     packages_root=Path(args.packages_root) if args.packages_root else None)
+    for task, m in s["best"]["metrics"].items():
+        extra = f"  (true-affinity ceiling {m['ceiling_auc']:.4f})" if "ceiling_auc" in m else ""
+        print(f"{task:10s} val AUC {m['auc']:.4f}  log loss {m['logloss']:.4f}{extra}")
+    print(f"plots: {', '.join(s['plots'])}")
+    print(f"ONNX/PyTorch parity (max abs diff): {s['parity_max_abs_diff']}")
+    print("registered:" if args.register else "to register this version, add these lines to " + str(reg.path) + ":")
+    for line in s["registry_lines"]:
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nearline", description="Nearline embedding service: keeps entity embeddings fresh in Redis and Kafka.")
     p.add_argument("--config", help="config file (default: $NEARLINE_CONFIG, ./nearline.yaml, or the repo's)")
@@ -137,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-messages", type=int, default=None, help="stop after this many inputs")
     s.add_argument("--idle-exit", type=float, default=None, help="stop after this many idle seconds")
     s.set_defaults(func=cmd_standardize)
+
+    s = sub.add_parser("train", help="train the multitask two-tower model and export both towers as ONNX packages")
+    s.add_argument("--config", dest="config_file", required=True, help="training config YAML (models/configs/*.yaml)")
+    s.add_argument("--out", help="run directory for checkpoints, plots and summary (default runs/<config>-<version>)")
+    s.add_argument("--version", help="model version (default v<UTC timestamp>)")
+    s.add_argument("--packages-root", help="where the packages go (default <out>/packages; models/packages to ship)")
+    s.add_argument("--register", action="store_true", help="append the registry lines (registers the version)")
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("models", help="list registered model versions or check every package")
     s.add_argument("action", choices=["list", "check"])

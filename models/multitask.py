@@ -1,0 +1,477 @@
+"""A config-driven multitask training framework for two-tower models.
+
+* Tasks declare their dataset (or a filtered / down-sampled view of another task's), label, loss,
+  loss weight, learning rate, batch size, the features they have, and their architecture.
+* Features are unified into one input schema per side; a feature a task lacks is filled with the
+  declared default ids. The unified schema is what the exported manifests describe.
+* Modules with the same name and the same configuration across tasks are one shared module; the rest
+  are task-specific. :meth:`MultitaskModel.sharing_report` says which is which.
+* Joint training (one optimizer, combined batches, weighted or learned-uncertainty-weighted sum of task
+  losses) and iterative training (tasks take turns, each with its own optimizer and learning rate).
+  Single-task training is the same code with one task.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from torch import nn
+
+from models.data import SOURCES, EntityTable, encode_rows
+from models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
+
+SIDES = ("member", "job")
+
+
+# ---------------------------------------------------------------- config
+@dataclass
+class TaskConfig:
+    name: str
+    dataset: str
+    """Dataset of the source, or another task's dataset name to take a view of."""
+    label: str = "label"
+    loss: str = "bce"
+    """'bce' (log loss) or 'focal' (focal loss, gamma 2) for very sparse labels."""
+    loss_weight: float = 1.0
+    lr: float = 3e-3
+    batch_size: int = 512
+    filter: str | None = None
+    """Optional pandas query on the dataset, e.g. 'label == 1' or 'time < 880000000'."""
+    sample: float | None = None
+    """Optional down-sampling fraction of the (filtered) dataset."""
+    features: dict[str, list[str]] | None = None
+    """Features this task's data has, per side; missing ones are filled with defaults. None = all."""
+    architecture: dict[str, dict] = field(default_factory=dict)
+    """member_tower / job_tower / head: {name: ..., **config}. Same name + same config = shared."""
+
+
+@dataclass
+class TrainConfig:
+    source: str = "marketplace"
+    source_args: dict = field(default_factory=dict)
+    seed: int = 7
+    mode: str = "joint"
+    """'joint' or 'iterative'."""
+    weighting: str = "fixed"
+    """Joint mode: 'fixed' (loss_weight per task) or 'uncertainty' (learned, Kendall et al. 2018)."""
+    shared_lr: float = 3e-3
+    """Joint mode: learning rate of the shared modules (task-specific ones use their task's lr)."""
+    epochs: int = 10
+    patience: int = 3
+    """Early stopping: epochs without a better mean validation AUC."""
+    split: dict = field(default_factory=lambda: {"kind": "random", "val_fraction": 0.2})
+    """{'kind': 'random', 'val_fraction': f} or {'kind': 'time', 'quantile': q} (needs a 'time' column)."""
+    features: dict[str, dict[str, dict]] = field(default_factory=dict)
+    """Per side, overrides of the source's feature specs (max_len, default_ids, kept_ids, ...)."""
+    architecture: dict[str, dict] = field(default_factory=dict)
+    """Defaults merged into every task's architecture."""
+    tasks: list[TaskConfig] = field(default_factory=list)
+    model_names: dict[str, str] = field(default_factory=lambda: {"member": "member_pyramid", "job": "job_pyramid"})
+    """Registered model name of each exported tower."""
+    max_rows_per_task: int | None = None
+    """Cap on rows per task (quick runs, tests)."""
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> "TrainConfig":
+        raw = yaml.safe_load(Path(path).read_text())
+        tasks = [TaskConfig(name=n, **t) for n, t in raw.pop("tasks").items()]
+        cfg = cls(**raw, tasks=tasks)
+        if cfg.mode not in ("joint", "iterative"):
+            raise ValueError(f"mode must be joint or iterative, not {cfg.mode!r}")
+        if cfg.weighting not in ("fixed", "uncertainty"):
+            raise ValueError(f"weighting must be fixed or uncertainty, not {cfg.weighting!r}")
+        return cfg
+
+    def only(self, *task_names: str) -> "TrainConfig":
+        """The same config restricted to some tasks (single-task baselines use the same code)."""
+        c = copy.deepcopy(self)
+        c.tasks = [t for t in c.tasks if t.name in task_names]
+        return c
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class TaskData:
+    name: str
+    train: pd.DataFrame
+    val: pd.DataFrame
+    present: dict[str, set[str]]  # side -> features the task's data has
+
+
+def unified_schema(tables: dict[str, EntityTable], cfg: TrainConfig) -> dict[str, dict[str, FeatureSpec]]:
+    schema = {}
+    for side in SIDES:
+        specs = {}
+        used = set()
+        for t in cfg.tasks:
+            used |= set((t.features or {}).get(side, tables[side].specs.keys()))
+        for name in tables[side].specs:
+            if name not in used:
+                continue
+            s = tables[side].specs[name]
+            over = cfg.features.get(side, {}).get(name, {})
+            if over:
+                over = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}
+                s = FeatureSpec(**{**s.__dict__, **over})
+            specs[name] = s
+        schema[side] = specs
+    return schema
+
+
+def prepare_tasks(cfg: TrainConfig, frames: dict[str, pd.DataFrame], tables: dict[str, EntityTable]) -> list[TaskData]:
+    out = []
+    rng = np.random.default_rng(cfg.seed)
+    for t in cfg.tasks:
+        if t.dataset not in frames:
+            raise ValueError(f"task {t.name}: unknown dataset {t.dataset!r}; have {sorted(frames)}")
+        df = frames[t.dataset]
+        if t.filter:
+            df = df.query(t.filter)
+        if t.sample:
+            df = df.sample(frac=t.sample, random_state=cfg.seed)
+        df = df.dropna(subset=["member_idx", "job_idx"])
+        df = df.assign(label=df[t.label].astype(np.float32), member_idx=df.member_idx.astype(np.int64),
+                       job_idx=df.job_idx.astype(np.int64))
+        if cfg.max_rows_per_task and len(df) > cfg.max_rows_per_task:
+            df = df.sample(n=cfg.max_rows_per_task, random_state=cfg.seed)
+        split = cfg.split
+        if split.get("kind") == "time":
+            cut = df["time"].quantile(split.get("quantile", 0.8))
+            train, val = df[df.time <= cut], df[df.time > cut]
+        else:
+            mask = rng.random(len(df)) < split.get("val_fraction", 0.2)
+            train, val = df[~mask], df[mask]
+        present = {side: set((t.features or {}).get(side, tables[side].specs.keys())) for side in SIDES}
+        out.append(TaskData(t.name, train.reset_index(drop=True), val.reset_index(drop=True), present))
+    return out
+
+
+class FeatureStore:
+    """Entity features as ready tensors of embedding rows (the unified schema), per side."""
+
+    def __init__(self, tables: dict[str, EntityTable], schema: dict[str, dict[str, FeatureSpec]]):
+        self.schema = schema
+        self.rows: dict[str, dict[str, torch.Tensor]] = {}
+        self.defaults: dict[str, dict[str, torch.Tensor]] = {}
+        for side in SIDES:
+            t = tables[side]
+            d, dflt = {}, {}
+            for name, spec in schema[side].items():
+                ids = t.features[name][:, : spec.max_len]
+                d[name] = torch.from_numpy(encode_rows(spec, ids))
+                if spec.weighted:
+                    d[f"{name}__weight"] = torch.from_numpy(t.weights[name][:, : spec.max_len].copy())
+                dv = np.full((1, spec.max_len), -1, dtype=np.int64)
+                dv[0, : len(spec.default_ids)] = spec.default_ids[: spec.max_len]
+                dflt[name] = torch.from_numpy(encode_rows(spec, dv))
+                if spec.weighted:
+                    dflt[f"{name}__weight"] = (dflt[name] != spec.pad_id).float()
+            self.rows[side], self.defaults[side] = d, dflt
+
+    def batch(self, side: str, idx: torch.Tensor, present: set[str]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in self.schema[side]:
+            keys = [name] + ([f"{name}__weight"] if f"{name}__weight" in self.rows[side] else [])
+            for k in keys:
+                if name in present:
+                    out[k] = self.rows[side][k][idx]
+                else:  # the task's data lacks this feature: the declared default fills it
+                    out[k] = self.defaults[side][k].expand(len(idx), -1)
+        return out
+
+
+# ---------------------------------------------------------------- model
+class MultitaskModel(nn.Module):
+    def __init__(self, cfg: TrainConfig, schema: dict[str, dict[str, FeatureSpec]]):
+        super().__init__()
+        self.cfg = cfg
+        self.modules_by_name = nn.ModuleDict()
+        self.declared: dict[str, dict] = {}
+        self.users: dict[str, list[str]] = {}
+        self.task_modules: dict[str, dict[str, str]] = {}
+        for t in cfg.tasks:
+            arch = _merge(cfg.architecture, t.architecture)
+            arch.setdefault("head", {})
+            arch["head"].setdefault("name", f"{t.name}_head")
+            roles = {}
+            for role in ("member_tower", "job_tower", "head"):
+                if role not in arch:
+                    raise ValueError(f"task {t.name}: architecture needs {role}")
+                decl = dict(arch[role])
+                name = decl.pop("name", role)
+                key = json.dumps({"role": role, **decl}, sort_keys=True)
+                if name in self.declared and self.declared[name]["key"] != key:
+                    raise ValueError(f"module {name!r} is declared with different configurations in tasks "
+                                     f"{self.users[name]} and {t.name}: give one of them another name")
+                if name not in self.declared:
+                    self.declared[name] = {"key": key, "role": role, "config": decl}
+                    self.modules_by_name[name] = self._build(role, decl, schema)
+                    self.users[name] = []
+                self.users[name].append(t.name)
+                roles[role] = name
+            self.task_modules[t.name] = roles
+        # keys are prefixed: a task named e.g. "apply" would clash with nn.Module attributes
+        self.log_vars = nn.ParameterDict({f"task_{t.name}": nn.Parameter(torch.zeros(())) for t in cfg.tasks})
+
+    @staticmethod
+    def _build(role: str, decl: dict, schema) -> nn.Module:
+        if role == "head":
+            return HadamardHead(int(decl["dim"]))
+        side = role.split("_")[0]
+        tc = TowerConfig(features=tuple(schema[side].values()), emb_dim=int(decl.get("emb_dim", 16)),
+                         widths=tuple(decl.get("widths", (64, 128, 256))), dim=int(decl["dim"]),
+                         dropout=float(decl.get("dropout", 0.1)), norm=decl.get("norm", "layer"),
+                         l2_normalize=bool(decl.get("l2_normalize", False)))
+        return PyramidTower(tc)
+
+    def sharing_report(self) -> dict[str, dict]:
+        return {name: {"shared": len(users) > 1, "tasks": users, "role": self.declared[name]["role"]}
+                for name, users in self.users.items()}
+
+    def tower(self, side: str, task: str | None = None) -> PyramidTower:
+        task = task or self.cfg.tasks[0].name
+        return self.modules_by_name[self.task_modules[task][f"{side}_tower"]]
+
+    def forward(self, task: str, member: dict, job: dict) -> torch.Tensor:
+        r = self.task_modules[task]
+        m = self.modules_by_name[r["member_tower"]](member)
+        j = self.modules_by_name[r["job_tower"]](job)
+        return self.modules_by_name[r["head"]](m, j)
+
+    def params_of(self, names) -> list[nn.Parameter]:
+        return [p for n in names for p in self.modules_by_name[n].parameters()]
+
+
+# ---------------------------------------------------------------- metrics
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Rank-based ROC AUC (ties get average ranks)."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
+    p = np.clip(1 / (1 + np.exp(-logits)), 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def task_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    if kind == "bce":
+        return bce.mean()
+    if kind == "focal":
+        p_t = torch.exp(-bce)
+        return ((1 - p_t) ** 2 * bce).mean()
+    raise ValueError(f"unknown loss {kind!r} (bce or focal)")
+
+
+# ---------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    model: MultitaskModel
+    schema: dict[str, dict[str, FeatureSpec]]
+    history: list[dict]
+    best: dict
+    sharing: dict
+    seconds_per_epoch: float
+    tasks: list[TaskData]
+    store: FeatureStore
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, tables: dict[str, EntityTable], frames: dict[str, pd.DataFrame],
+                 out_dir: Path | None = None, progress: bool = True):
+        self.cfg, self.out_dir, self.progress = cfg, out_dir, progress
+        torch.manual_seed(cfg.seed)
+        self.tasks = prepare_tasks(cfg, frames, tables)
+        self.schema = unified_schema(tables, cfg)
+        self.store = FeatureStore(tables, self.schema)
+        self.model = MultitaskModel(cfg, self.schema)
+        self.tcfg = {t.name: t for t in cfg.tasks}
+
+    def _batches(self, td: TaskData, gen: torch.Generator):
+        n, bs = len(td.train), self.tcfg[td.name].batch_size
+        order = torch.randperm(n, generator=gen)
+        m = torch.from_numpy(td.train.member_idx.to_numpy())
+        j = torch.from_numpy(td.train.job_idx.to_numpy())
+        y = torch.from_numpy(td.train.label.to_numpy())
+        for s in range(0, n, bs):
+            idx = order[s: s + bs]
+            yield m[idx], j[idx], y[idx]
+
+    def _loss(self, td: TaskData, batch) -> torch.Tensor:
+        m, j, y = batch
+        logits = self.model(td.name, self.store.batch("member", m, td.present["member"]),
+                            self.store.batch("job", j, td.present["job"]))
+        return task_loss(self.tcfg[td.name].loss, logits, y)
+
+    def _optimizers(self):
+        cfg, model = self.cfg, self.model
+        if cfg.mode == "joint":
+            groups = []
+            for name, users in model.users.items():
+                lr = cfg.shared_lr if len(users) > 1 else self.tcfg[users[0]].lr
+                groups.append({"params": list(model.modules_by_name[name].parameters()), "lr": lr})
+            if cfg.weighting == "uncertainty":
+                groups.append({"params": list(model.log_vars.parameters()), "lr": cfg.shared_lr})
+            return {"*": torch.optim.Adam(groups)}
+        # iterative: every task its own optimizer over the modules it uses, at its own learning rate
+        return {t.name: torch.optim.Adam(model.params_of(model.task_modules[t.name].values()), lr=t.lr)
+                for t in cfg.tasks}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, dict]:
+        self.model.eval()
+        out = {}
+        for td in self.tasks:
+            logits = []
+            for s in range(0, len(td.val), 8192):
+                part = td.val.iloc[s: s + 8192]
+                m = torch.from_numpy(part.member_idx.to_numpy())
+                j = torch.from_numpy(part.job_idx.to_numpy())
+                logits.append(self.model(td.name, self.store.batch("member", m, td.present["member"]),
+                                         self.store.batch("job", j, td.present["job"])).numpy())
+            lg = np.concatenate(logits) if logits else np.zeros(0)
+            y = td.val.label.to_numpy()
+            out[td.name] = {"auc": auc(y, lg), "logloss": log_loss(y, lg), "n_val": len(y)}
+            if "true_logit" in td.val:
+                out[td.name]["ceiling_auc"] = auc(y, td.val.true_logit.to_numpy())
+        self.model.train()
+        return out
+
+    def fit(self) -> TrainResult:
+        from tqdm import tqdm
+
+        cfg, model = self.cfg, self.model
+        opts = self._optimizers()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        history, best, best_state, bad_epochs = [], {"score": -1.0}, None, 0
+        epoch_times = []
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            losses = {t.name: [] for t in self.tasks}
+            if cfg.mode == "joint":
+                iters = {td.name: self._batches(td, gen) for td in self.tasks}
+                steps = max(math.ceil(len(td.train) / self.tcfg[td.name].batch_size) for td in self.tasks)
+                bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs} joint", disable=not self.progress, leave=False)
+                for _ in bar:
+                    total = 0.0
+                    for td in self.tasks:
+                        try:
+                            b = next(iters[td.name])
+                        except StopIteration:  # smaller tasks cycle within the epoch
+                            iters[td.name] = self._batches(td, gen)
+                            b = next(iters[td.name])
+                        loss = self._loss(td, b)
+                        losses[td.name].append(loss.item())
+                        if cfg.weighting == "uncertainty":
+                            s = model.log_vars[f"task_{td.name}"]
+                            total = total + torch.exp(-s) * loss + s
+                        else:
+                            total = total + self.tcfg[td.name].loss_weight * loss
+                    opts["*"].zero_grad()
+                    total.backward()
+                    opts["*"].step()
+            else:
+                schedule = []
+                for td in self.tasks:
+                    schedule += [td.name] * math.ceil(len(td.train) / self.tcfg[td.name].batch_size)
+                order = torch.randperm(len(schedule), generator=gen).tolist()
+                iters = {td.name: self._batches(td, gen) for td in self.tasks}
+                by_name = {td.name: td for td in self.tasks}
+                bar = tqdm(order, desc=f"epoch {epoch}/{cfg.epochs} iterative", disable=not self.progress, leave=False)
+                for k in bar:
+                    name = schedule[k]
+                    loss = self._loss(by_name[name], next(iters[name])) * self.tcfg[name].loss_weight
+                    opts[name].zero_grad()
+                    loss.backward()
+                    opts[name].step()
+                    losses[name].append(loss.item() / self.tcfg[name].loss_weight)
+            epoch_times.append(time.perf_counter() - t0)
+            metrics = self.evaluate()
+            score = float(np.nanmean([m["auc"] for m in metrics.values()]))
+            row = {"epoch": epoch, "seconds": epoch_times[-1], "score": score,
+                   **{f"{n}/train_loss": float(np.mean(v)) for n, v in losses.items()},
+                   **{f"{n}/{k}": v for n, m in metrics.items() for k, v in m.items()}}
+            history.append(row)
+            if self.progress:
+                print(f"epoch {epoch}: " + "  ".join(
+                    f"{n} auc={m['auc']:.4f} logloss={m['logloss']:.4f}" for n, m in metrics.items())
+                    + f"  ({epoch_times[-1]:.1f}s)", flush=True)
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch, "metrics": metrics}
+                best_state = copy.deepcopy(model.state_dict())
+                bad_epochs = 0
+                if self.out_dir:
+                    self.out_dir.mkdir(parents=True, exist_ok=True)
+                    torch.save(best_state, self.out_dir / "checkpoint.pt")
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg.patience:
+                    if self.progress:
+                        print(f"early stop: no better mean AUC for {cfg.patience} epochs (best epoch {best['epoch']})")
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        return TrainResult(model, self.schema, history, best, model.sharing_report(),
+                           float(np.mean(epoch_times)), self.tasks, self.store)
+
+
+def load_source(cfg: TrainConfig):
+    try:
+        fn = SOURCES[cfg.source]
+    except KeyError:
+        raise ValueError(f"unknown source {cfg.source!r}; known: {sorted(SOURCES)}") from None
+    return fn(**cfg.source_args)
+
+
+def plot_history(history: list[dict], tasks: list[str], out_dir: Path) -> list[Path]:
+    """One PNG of learning curves per task (train loss, validation AUC and log loss by epoch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    epochs = [h["epoch"] for h in history]
+    for t in tasks:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+        axes[0].plot(epochs, [h[f"{t}/train_loss"] for h in history], marker="o")
+        axes[0].set_title(f"{t}: train loss")
+        axes[1].plot(epochs, [h[f"{t}/auc"] for h in history], marker="o", label="model")
+        if f"{t}/ceiling_auc" in history[0]:
+            axes[1].axhline(history[0][f"{t}/ceiling_auc"], color="gray", ls="--", label="true affinity (ceiling)")
+        axes[1].set_title(f"{t}: validation AUC")
+        axes[1].legend(fontsize=8)
+        axes[2].plot(epochs, [h[f"{t}/logloss"] for h in history], marker="o", color="tab:red")
+        axes[2].set_title(f"{t}: validation log loss")
+        for a in axes:
+            a.set_xlabel("epoch")
+            a.grid(alpha=0.3)
+        fig.tight_layout()
+        p = out_dir / f"curves_{t}.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        paths.append(p)
+    return paths
