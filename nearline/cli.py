@@ -133,6 +133,77 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ---- the nearline job and its consumers --------------------------------------------------------
+def cmd_run(args) -> int:
+    import signal
+
+    from beam_jobs import kafka_source, nearline_job
+    from nearline import metrics
+    from nearline.kafka_io import ensure_topics
+    from nearline.services import resolve_endpoints
+
+    cfg = _cfg(args)
+    bootstrap, redis_url = resolve_endpoints(cfg)
+    ensure_topics(bootstrap, cfg.all_topics(), cfg.topics.partitions, cfg.topics.replication_factor)
+    metrics.serve(cfg.job.metrics_port)
+    metrics.start_logger(cfg.job.log_every_s)
+
+    def stop(signum, _frame):
+        logging.getLogger("nearline").info("signal %d: stopping after the current batch", signum)
+        kafka_source.STOP.set()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    logging.getLogger("nearline").info("nearline job: kafka %s, redis %s, runner %s, metrics :%s",
+                                       bootstrap, redis_url, cfg.job.runner, cfg.job.metrics_port)
+    nearline_job.run(cfg, bootstrap, redis_url, args.beam_args)
+    return 0
+
+
+def cmd_tail(args) -> int:
+    import numpy as np
+
+    from nearline import kafka_io
+    from nearline.codec import Codec
+    from nearline.services import resolve_endpoints
+
+    cfg = _cfg(args)
+    bootstrap, _ = resolve_endpoints(cfg)
+    topic = cfg.topics.dead_letter if args.dead_letters else cfg.topics.embeddings
+    c = kafka_io.make_consumer(bootstrap, None, auto_offset_reset="earliest" if args.from_beginning else "latest")
+    c.assign([kafka_io.TopicPartition(topic, p) for p in kafka_io.partitions_of(c, topic)])
+    if not args.from_beginning:
+        c.seek_to_end()
+    codec, n = Codec(), 0
+    try:
+        while args.max is None or n < args.max:
+            for msgs in c.poll(500).values():
+                for m in msgs:
+                    rec = codec.decode(m.value)
+                    if "embeddings" in rec:
+                        for e in rec["embeddings"]:
+                            e["vector"] = [round(float(x), 4) for x in np.frombuffer(e["vector"], "<f4")[:4]] + ["..."]
+                    elif "original" in rec:
+                        rec["original"] = rec["original"][:40].hex()
+                    print(json.dumps(rec, default=str), flush=True)
+                    n += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.close()
+    return 0
+
+
+def cmd_get(args) -> int:
+    from nearline.client import EmbeddingClient
+
+    client = EmbeddingClient.from_config(args.config)
+    version, deleted, vecs = client.get_with_version(args.entity_type, args.entity_id)
+    print(json.dumps({"entity": f"{args.entity_type}:{args.entity_id}", "version": version, "deleted": deleted,
+                      "embeddings": {k: [round(float(x), 5) for x in v] for k, v in vecs.items()}}, indent=None if args.compact else 2))
+    return 0 if vecs or deleted else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nearline", description="Nearline embedding service: keeps entity embeddings fresh in Redis and Kafka.")
     p.add_argument("--config", help="config file (default: $NEARLINE_CONFIG, ./nearline.yaml, or the repo's)")
@@ -170,6 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--packages-root", help="where the packages go (default <out>/packages; models/packages to ship)")
     s.add_argument("--register", action="store_true", help="append the registry lines (registers the version)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("run", help="run the nearline Beam streaming job (Ctrl-C stops it cleanly)")
+    s.add_argument("beam_args", nargs="*", help="Beam pipeline options after --, e.g. -- --runner=FlinkRunner")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("tail", help="print decoded EntityEmbeddings records as they are published")
+    s.add_argument("--from-beginning", action="store_true")
+    s.add_argument("--dead-letters", action="store_true", help="tail the dead-letter topic instead")
+    s.add_argument("--max", type=int, default=None, help="stop after this many records")
+    s.set_defaults(func=cmd_tail)
+
+    s = sub.add_parser("get", help="read an entity's embeddings from Redis")
+    s.add_argument("entity_type")
+    s.add_argument("entity_id")
+    s.add_argument("--compact", action="store_true")
+    s.set_defaults(func=cmd_get)
 
     s = sub.add_parser("models", help="list registered model versions or check every package")
     s.add_argument("action", choices=["list", "check"])

@@ -1,0 +1,124 @@
+"""ReadPartitionGroups: an unbounded splittable DoFn that reads Kafka with kafka-python inside Beam.
+
+Beam's ReadFromKafka is a Java cross-language transform that cannot run offline (its expansion service
+is downloaded from Maven), so the local job reads with kafka-python. Each element is a *partition
+group* p: partition p of every input topic. All input topics have the same partition count and are
+keyed by entity, so everything about one entity (its EntityUpdate and every standardizer's output) is
+in one group: the join needs no shuffle (co-partitioning, as in Kafka Streams).
+
+Checkpointing: the restriction is a poll counter, not a Kafka offset; the job's position is the
+consumer group's committed offsets, which only advance once effects are written (see
+nearline/pipeline.py). A fresh reader seeks to the committed offsets.
+
+Quirks of the FnApiRunner (Beam 2.77.0) designed around here:
+* ``defer_remainder``'s resume delay is ignored: an idle poll blocks for poll_timeout_ms instead of
+  spinning a core;
+* every poll yields a batch, empty or not, so downstream join timeouts advance without timers (timers
+  are unreliable on this runner in streaming mode);
+* a stop is signalled through STOP: the reader claims the rest of its restriction and returns, which
+  lets the pipeline finish cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+import apache_beam as beam
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.utils.timestamp import Duration
+
+from nearline.pipeline import KafkaRecord
+
+log = logging.getLogger(__name__)
+
+STOP = threading.Event()  # set by `nearline run` on SIGINT/SIGTERM
+
+
+class _PollCounter(RestrictionProvider):
+    def initial_restriction(self, element):
+        return OffsetRange(0, sys.maxsize)
+
+    def create_tracker(self, restriction):
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element, restriction):
+        return 1
+
+    def split(self, element, restriction):
+        yield restriction  # one reader per partition group; parallelism comes from the groups
+
+    def truncate(self, element, restriction):
+        return None  # on drain: stop reading
+
+
+class ReadPartitionGroups(beam.DoFn):
+    """element: partition index p -> (p, [KafkaRecord, ...]) per poll."""
+
+    def __init__(self, bootstrap: str, topics: list[str], group_id: str, max_poll_records: int = 1000,
+                 poll_timeout_ms: int = 100, lag_every_s: float = 5.0):
+        self.bootstrap, self.topics, self.group_id = bootstrap, topics, group_id
+        self.max_poll_records, self.poll_timeout_ms, self.lag_every_s = max_poll_records, poll_timeout_ms, lag_every_s
+
+    def setup(self):
+        self._consumers = {}
+        self._next_lag = {}
+
+    def teardown(self):
+        for c in getattr(self, "_consumers", {}).values():
+            try:
+                c.close(autocommit=False)
+            except Exception:
+                pass
+
+    def _consumer(self, p: int):
+        c = self._consumers.get(p)
+        if c is None:
+            from nearline import kafka_io
+
+            c = kafka_io.make_consumer(self.bootstrap, self.group_id, max_poll_records=self.max_poll_records)
+            tps = [kafka_io.TopicPartition(t, p) for t in self.topics]
+            c.assign(tps)
+            for tp in tps:
+                committed = c.committed(tp)
+                if committed is None:
+                    c.seek_to_beginning(tp)
+                else:
+                    c.seek(tp, committed)
+            log.info("partition group %d: reading %s from committed offsets", p, [f"{tp.topic}[{tp.partition}]" for tp in tps])
+            self._consumers[p] = c
+        return c
+
+    def _report_lag(self, p: int, c) -> None:
+        now = time.monotonic()
+        if now < self._next_lag.get(p, 0):
+            return
+        self._next_lag[p] = now + self.lag_every_s
+        from nearline.metrics import METRICS
+
+        try:
+            ends = c.end_offsets(list(c.assignment()))
+            for tp, end in ends.items():
+                committed = c.committed(tp) or 0
+                METRICS.set("partition_lag", max(0, end - committed), topic=tp.topic, partition=tp.partition)
+        except Exception as exc:  # lag is informational; never stop reading for it
+            log.debug("lag query failed: %s", exc)
+
+    @beam.DoFn.unbounded_per_element()
+    def process(self, p, tracker=beam.DoFn.RestrictionParam(_PollCounter())):
+        pos = tracker.current_restriction().start
+        if STOP.is_set():
+            tracker.try_claim(sys.maxsize - 1)  # claim the rest: the restriction is done
+            return
+        if not tracker.try_claim(pos):
+            return
+        c = self._consumer(p)
+        polled = c.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+        records = [KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value)
+                   for msgs in polled.values() for m in msgs]
+        self._report_lag(p, c)
+        yield p, records
+        tracker.defer_remainder(Duration.of(0))

@@ -1,0 +1,156 @@
+"""The nearline embedding job as a Beam streaming pipeline. This file only wires transforms; the logic is
+in nearline/pipeline.py (join, score, dedupe + publish, commit), unit-tested without Beam.
+
+    Create(partition groups) -> ReadPartitionGroups (unbounded, kafka-python)
+      -> StandardizationJoinFn (stateful per group) -> ScoreEmbeddingsFn (every registered tower, ORT)
+      -> PublishEmbeddingsFn (dedupe vs Redis, Kafka, Redis) -> CommitOffsetsFn
+
+No GroupByKey/Reshuffle/Combine downstream of the unbounded source: on the FnApiRunner in streaming mode
+they never emit. The graph stays fusible, so one poll's batch flows through every stage before the
+next poll, and offsets are committed only after the batch's effects are written.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from beam_jobs.kafka_source import ReadPartitionGroups
+from nearline.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def _registry(cfg: Config):
+    from nearline.registry import Registry
+    from nearline.scoring import RegistryWatcher
+
+    return RegistryWatcher(Registry(cfg.path(cfg.models.registry)), cfg.entity_types, cfg.job.registry_poll_s)
+
+
+class StandardizationJoinFn(beam.DoFn):
+    STATE = ReadModifyWriteStateSpec("partition_group", PickleCoder())
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def setup(self):
+        from nearline.pipeline import JoinStage
+
+        self.stage = JoinStage(self.cfg)
+        self.watcher = _registry(self.cfg)
+        self.watcher.poll(force=True)
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE)):
+        group, records = element
+        self.watcher.poll()
+        st = state.read() or self.stage.new_state(self.watcher.required())
+        wb = self.stage.run(st, group, records, self.watcher.required())
+        state.write(st)
+        yield wb
+
+
+class ScoreEmbeddingsFn(beam.DoFn):
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+
+    def setup(self):
+        from nearline.pipeline import ScoreStage
+        from nearline.scoring import ModelSet
+
+        self.stage = ScoreStage(ModelSet(_registry(self.cfg), self.cfg.job.ort_threads))
+
+    def process(self, wb):
+        yield self.stage.run(wb)
+
+
+class PublishEmbeddingsFn(beam.DoFn):
+    def __init__(self, cfg: Config, bootstrap: str, redis_url: str):
+        self.cfg, self.bootstrap, self.redis_url = cfg, bootstrap, redis_url
+
+    def setup(self):
+        from nearline import kafka_io
+        from nearline.pipeline import PublishStage
+        from nearline.store import RedisEmbeddingStore
+
+        self.producer = kafka_io.make_producer(self.bootstrap, self.cfg.kafka.producer_linger_ms)
+        self.stage = PublishStage(self.cfg, RedisEmbeddingStore(self.redis_url, self.cfg.redis.key_prefix), self.producer)
+
+    def teardown(self):
+        if getattr(self, "producer", None):
+            self.producer.close(timeout=10)
+
+    def process(self, wb):
+        yield self.stage.run(wb)
+
+
+class CommitOffsetsFn(beam.DoFn):
+    def __init__(self, cfg: Config, bootstrap: str):
+        self.cfg, self.bootstrap = cfg, bootstrap
+
+    def setup(self):
+        from nearline import kafka_io
+        from nearline.pipeline import CommitStage
+
+        self.consumer = kafka_io.make_consumer(self.bootstrap, self.cfg.kafka.consumer_group)
+        self.stage = CommitStage(self.consumer)
+
+    def teardown(self):
+        if getattr(self, "consumer", None):
+            self.consumer.close(autocommit=False)
+
+    def process(self, wb):
+        self.stage.run(wb)
+        return []
+
+
+def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None:
+    topics = cfg.input_topics()
+    if cfg.job.io == "beam-kafkaio":
+        records = _read_with_kafkaio(p, cfg, bootstrap, topics)
+    else:
+        records = (p
+                   | "PartitionGroups" >> beam.Create(list(range(cfg.topics.partitions)))
+                   | "ReadKafka" >> beam.ParDo(ReadPartitionGroups(bootstrap, topics, cfg.kafka.consumer_group,
+                                                                   cfg.job.max_poll_records, cfg.job.poll_timeout_ms)))
+    batches = (records
+               | "StandardizationJoin" >> beam.ParDo(StandardizationJoinFn(cfg))
+               | "ScoreEmbeddings" >> beam.ParDo(ScoreEmbeddingsFn(cfg))
+               | "PublishEmbeddings" >> beam.ParDo(PublishEmbeddingsFn(cfg, bootstrap, redis_url)))
+    if cfg.job.io == "kafka-python":
+        batches | "CommitOffsets" >> beam.ParDo(CommitOffsetsFn(cfg, bootstrap))
+
+
+def _read_with_kafkaio(p, cfg: Config, bootstrap: str, topics: list[str]):
+    """For Flink/Dataflow: Beam's cross-language ReadFromKafka (needs Java and a job server; NOT runnable
+    offline, so not exercised by the tests here). Offsets are committed by KafkaIO when a checkpoint
+    finalizes; records are keyed by partition so the same stateful join applies per partition group."""
+    from apache_beam.io.kafka import ReadFromKafka
+
+    from nearline.pipeline import KafkaRecord
+
+    return (p
+            | "ReadFromKafka" >> ReadFromKafka(
+                consumer_config={"bootstrap.servers": bootstrap, "group.id": cfg.kafka.consumer_group,
+                                 "auto.offset.reset": "earliest"},
+                topics=topics, with_metadata=True, commit_offset_in_finalize=True)
+            | "ToRecords" >> beam.Map(lambda r: (r.partition, [KafkaRecord(r.topic, r.partition, r.offset, r.key, r.value)])))
+
+
+def pipeline_options(cfg: Config, beam_args: list[str] | None = None) -> PipelineOptions:
+    args = list(beam_args or [])
+    if not any(a.startswith("--runner") for a in args):
+        args.append(f"--runner={cfg.job.runner}")
+    if "--streaming" not in args:
+        args.append("--streaming")
+    return PipelineOptions(args)
+
+
+def run(cfg: Config, bootstrap: str, redis_url: str, beam_args: list[str] | None = None) -> None:
+    """Blocks until STOP is set (SIGINT/SIGTERM in `nearline run`) or the pipeline fails."""
+    with beam.Pipeline(options=pipeline_options(cfg, beam_args)) as p:
+        build(p, cfg, bootstrap, redis_url)

@@ -1,0 +1,33 @@
+"""DedupeEmbeddings: which model versions of an entity actually changed, against what Redis holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class DedupeDecision:
+    changed: dict[str, bytes]   # model key -> float32 bytes to write and publish
+    unchanged: int
+    stale: bool                 # the stored embedding is of a newer update version: write nothing
+
+
+def same_vector(stored: bytes | None, new: bytes, tolerance: float) -> bool:
+    if stored is None or len(stored) != len(new):
+        return False
+    if tolerance <= 0:
+        return stored == new  # bitwise
+    a = np.frombuffer(stored, dtype="<f4")
+    b = np.frombuffer(new, dtype="<f4")
+    return bool(np.max(np.abs(a - b)) <= tolerance)
+
+
+def decide(stored_version: int | None, stored: dict[str, bytes | None], version: int,
+           new: dict[str, bytes], tolerance: float = 0.0) -> DedupeDecision:
+    """An older update version never overwrites a newer one; an unchanged embedding is not written."""
+    if stored_version is not None and version < stored_version:
+        return DedupeDecision({}, 0, True)
+    changed = {k: v for k, v in new.items() if not same_vector(stored.get(k), v, tolerance)}
+    return DedupeDecision(changed, len(new) - len(changed), False)

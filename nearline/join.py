@@ -1,0 +1,230 @@
+"""StandardizationJoin: the stream-stream join of an entity update with its standardizers' outputs.
+
+Plain Python with an injectable clock, no Beam, Kafka or Redis. Per entity (``<type>:<id>``) at most one
+update version is pending: the newest seen. It completes when its EntityUpdate and every standardizer
+the entity type's registered models need have delivered *that* version. Messages may arrive in any
+order and more than once:
+
+* a duplicate (same processor, same version) is released at once;
+* a message of an older version than the pending one, or of a version already completed, is stale;
+* a message of a newer version supersedes the pending one (counted, never scored);
+* a DELETE supersedes whatever is pending and is emitted at once;
+* after ``timeout_s`` an incomplete join is emitted with ``partial=True`` (missing features take the
+  manifest defaults) or dead-lettered, as configured.
+
+Completed and superseded entries are freed; a bounded LRU remembers recently completed versions to
+drop late duplicates cheaply (older ones are still refused downstream by the Redis version check).
+Every output carries the ``sources`` (topic-partition, offset) of the messages it consumed, so the
+caller can commit input offsets once the output's effect is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+Source = tuple[Hashable, int]  # (topic-partition, offset)
+
+
+@dataclass
+class RawRef:
+    """Where a message came from, and its bytes (kept only for dead-lettering a timed-out join)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+    @property
+    def source(self) -> Source:
+        return ((self.topic, self.partition), self.offset)
+
+
+@dataclass
+class Pending:
+    key: str
+    entity_type: str
+    entity_id: str
+    version: int
+    first_seen: float
+    op: str | None = None                                 # set when the EntityUpdate has arrived
+    features: dict[str, dict] = field(default_factory=dict)
+    processors: set[str] = field(default_factory=set)
+    sources: list[Source] = field(default_factory=list)
+    first_raw: RawRef | None = None
+    last_produced_ms: int = 0                             # newest standardizer output (latency metric)
+
+
+@dataclass
+class Joined:
+    key: str
+    entity_type: str
+    entity_id: str
+    version: int
+    features: dict[str, dict]
+    partial: bool
+    missing: list[str]
+    sources: list[Source]
+    completed_at: float
+    last_produced_ms: int = 0
+
+
+@dataclass
+class Deleted:
+    key: str
+    entity_type: str
+    entity_id: str
+    version: int
+    sources: list[Source]
+
+
+@dataclass
+class Released:
+    """Consumed with no effect to write (duplicate, stale, superseded, nothing registered)."""
+
+    reason: str
+    sources: list[Source]
+
+
+@dataclass
+class JoinDeadLetter:
+    raw: RawRef
+    error: str
+    sources: list[Source]
+
+
+Output = Joined | Deleted | Released | JoinDeadLetter
+
+
+class StandardizationJoin:
+    def __init__(self, required: dict[str, set[str]], *, timeout_s: float = 30.0, policy: str = "partial",
+                 max_pending: int = 200_000, remember_completed: int = 100_000,
+                 clock: Callable[[], float] = time.time):
+        if policy not in ("partial", "dead_letter"):
+            raise ValueError(f"policy must be partial or dead_letter, not {policy!r}")
+        self.required = {k: set(v) for k, v in required.items()}
+        self.timeout_s, self.policy, self.max_pending = timeout_s, policy, max_pending
+        self.clock = clock
+        self.pending: "OrderedDict[str, Pending]" = OrderedDict()  # insertion order = age order
+        self.completed: "OrderedDict[str, int]" = OrderedDict()    # key -> last completed version (LRU)
+        self.remember_completed = remember_completed
+        self.counters = {"joins_completed": 0, "joins_partial": 0, "joins_superseded": 0, "joins_timed_out_dead_letter": 0,
+                         "duplicates": 0, "stale": 0, "deletes": 0}
+
+    def set_required(self, required: dict[str, set[str]]) -> list[Output]:
+        """The registered models changed: pending joins may now be complete."""
+        self.required = {k: set(v) for k, v in required.items()}
+        out: list[Output] = []
+        for key in list(self.pending):
+            out += self._maybe_complete(self.pending[key])
+        return out
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def on_update(self, upd: dict, raw: RawRef) -> list[Output]:
+        key = f"{upd['entity_type']}:{upd['entity_id']}"
+        out: list[Output] = []
+        entry = self._entry_for(key, upd["entity_type"], upd["entity_id"], upd["version"], raw, out)
+        if entry is None:
+            return out
+        if entry.op is not None:
+            self.counters["duplicates"] += 1
+            return out + [Released("duplicate", [raw.source])]
+        entry.op = upd["op"]
+        entry.sources.append(raw.source)
+        if entry.first_raw is None or entry.first_raw.topic != raw.topic:
+            entry.first_raw = raw  # prefer the EntityUpdate's bytes for a dead letter
+        if entry.op == "DELETE":
+            # a delete needs no features: everything this version collected goes with it
+            del self.pending[key]
+            self._remember(key, entry.version)
+            self.counters["deletes"] += 1
+            return out + [Deleted(key, entry.entity_type, entry.entity_id, entry.version, entry.sources)]
+        return out + self._maybe_complete(entry)
+
+    def on_features(self, feats: dict, raw: RawRef) -> list[Output]:
+        key = f"{feats['entity_type']}:{feats['entity_id']}"
+        out: list[Output] = []
+        entry = self._entry_for(key, feats["entity_type"], feats["entity_id"], feats["version"], raw, out)
+        if entry is None:
+            return out
+        proc = feats["processor"]
+        if proc in entry.processors:
+            self.counters["duplicates"] += 1
+            return out + [Released("duplicate", [raw.source])]
+        entry.processors.add(proc)
+        entry.features.update(feats["features"])
+        entry.sources.append(raw.source)
+        entry.last_produced_ms = max(entry.last_produced_ms, int(feats.get("produced_at") or 0))
+        return out + self._maybe_complete(entry)
+
+    def on_tick(self, now: float | None = None) -> list[Output]:
+        """Time out joins older than timeout_s (and the oldest beyond max_pending)."""
+        now = self.clock() if now is None else now
+        out: list[Output] = []
+        while self.pending:
+            key, entry = next(iter(self.pending.items()))
+            overfull = len(self.pending) > self.max_pending
+            if not overfull and now - entry.first_seen < self.timeout_s:
+                break
+            del self.pending[key]
+            out.append(self._timeout(entry, now))
+        return out
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _entry_for(self, key, etype, eid, version, raw: RawRef, out: list) -> Pending | None:
+        done_v = self.completed.get(key)
+        if done_v is not None and version <= done_v:
+            self.counters["stale"] += 1
+            out.append(Released("stale", [raw.source]))
+            return None
+        entry = self.pending.get(key)
+        if entry is not None:
+            if version < entry.version:
+                self.counters["stale"] += 1
+                out.append(Released("stale", [raw.source]))
+                return None
+            if version > entry.version:
+                self.counters["joins_superseded"] += 1
+                del self.pending[key]
+                out.append(Released("superseded", entry.sources))
+                entry = None
+        if entry is None:
+            entry = Pending(key, etype, eid, version, self.clock(), first_raw=raw)
+            self.pending[key] = entry
+        return entry
+
+    def _missing(self, entry: Pending) -> list[str]:
+        need = self.required.get(entry.entity_type, set())
+        missing = sorted(need - entry.processors)
+        if entry.op is None:
+            missing = ["<EntityUpdate>"] + missing
+        return missing
+
+    def _maybe_complete(self, entry: Pending) -> list[Output]:
+        if entry.op != "UPSERT" or self._missing(entry):
+            return []
+        del self.pending[entry.key]
+        self._remember(entry.key, entry.version)
+        self.counters["joins_completed"] += 1
+        return [Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, entry.features, False, [],
+                       entry.sources, self.clock(), entry.last_produced_ms)]
+
+    def _timeout(self, entry: Pending, now: float) -> Output:
+        missing = self._missing(entry)
+        self._remember(entry.key, entry.version)
+        if self.policy == "partial" and entry.op != "DELETE":
+            self.counters["joins_partial"] += 1
+            return Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, entry.features, True,
+                          missing, entry.sources, now, entry.last_produced_ms)
+        self.counters["joins_timed_out_dead_letter"] += 1
+        return JoinDeadLetter(entry.first_raw, f"join of {entry.key} version {entry.version} timed out after "
+                              f"{self.timeout_s:g}s; missing: {', '.join(missing)}", entry.sources)
+
+    def _remember(self, key: str, version: int) -> None:
+        self.completed[key] = max(version, self.completed.get(key, version))
+        self.completed.move_to_end(key)
+        while len(self.completed) > self.remember_completed:
+            self.completed.popitem(last=False)

@@ -1,0 +1,257 @@
+"""The stages of the nearline job as plain Python, one batch of input records at a time.
+
+Beam DoFns in beam_jobs/ are thin wrappers around these classes; tests drive them directly too.
+
+    JoinStage     decode + validate + StandardizationJoin; decides which offsets become committable
+    ScoreStage    every registered tower for the entity type, one ORT call per model per batch
+    PublishStage  dedupe against Redis -> EntityEmbeddings / tombstones / dead letters to Kafka (acked)
+                  -> version-guarded Redis writes (pipelined across entities)
+    CommitStage   commit the input offsets computed by JoinStage, now that their effects are written
+
+Order of effects: Kafka first, then Redis, then the offset commit. A crash between any two re-reads
+the input from the committed offsets; dedupe then finds Redis not yet updated and publishes again, so
+a consumer may see a message twice (keep the highest version) but never misses one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Hashable
+
+import numpy as np
+
+from nearline.codec import Codec, CodecError
+from nearline.config import Config
+from nearline.dedupe import decide
+from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, StandardizationJoin
+from nearline.metrics import METRICS, Metrics
+from nearline.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KafkaRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass
+class DeadLetterOut:
+    raw: RawRef
+    stage: str
+    error: str
+
+
+@dataclass
+class WorkBatch:
+    group: Hashable
+    joined: list[Joined] = field(default_factory=list)
+    deleted: list[Deleted] = field(default_factory=list)
+    dead_letters: list[DeadLetterOut] = field(default_factory=list)
+    embeddings: list[dict[str, bytes]] = field(default_factory=list)  # aligned with joined
+    commit: dict[tuple[str, int], int] = field(default_factory=dict)
+    n_read: int = 0
+
+
+@dataclass
+class PartitionGroupState:
+    """Everything the job remembers for one partition group (lives in Beam state)."""
+
+    join: StandardizationJoin
+    tracker: OffsetTracker
+
+
+class JoinStage:
+    def __init__(self, cfg: Config, codec: Codec | None = None, metrics: Metrics = METRICS):
+        self.cfg, self.codec, self.metrics = cfg, codec or Codec(), metrics
+        self.updates_topic = cfg.topics.entity_updates
+        self.entity_types = set(cfg.entity_types)
+
+    def new_state(self, required: dict[str, set[str]]) -> PartitionGroupState:
+        j = self.cfg.join
+        return PartitionGroupState(StandardizationJoin(required, timeout_s=j.timeout_s, policy=j.timeout_policy,
+                                                       max_pending=j.max_pending), OffsetTracker())
+
+    def run(self, state: PartitionGroupState, group, records: list[KafkaRecord],
+            required: dict[str, set[str]] | None = None, now: float | None = None) -> WorkBatch:
+        wb = WorkBatch(group, n_read=len(records))
+        join, tracker = state.join, state.tracker
+        before = dict(join.counters)
+        outputs = []
+        if required is not None and required != join.required:
+            outputs += join.set_required(required)
+        for rec in records:
+            raw = RawRef(rec.topic, rec.partition, rec.offset, rec.key, rec.value)
+            tracker.read((rec.topic, rec.partition), rec.offset)
+            is_update = rec.topic == self.updates_topic
+            try:
+                msg = self.codec.decode(rec.value, expect="EntityUpdate" if is_update else "StandardizedFeatures")
+            except CodecError as exc:
+                wb.dead_letters.append(DeadLetterOut(raw, "nearline.decode", str(exc)))
+                continue
+            if msg["entity_type"] not in self.entity_types:
+                wb.dead_letters.append(DeadLetterOut(raw, "nearline.validate",
+                                                     f"unknown entity type {msg['entity_type']!r}; known: {sorted(self.entity_types)}"))
+                continue
+            outputs += join.on_update(msg, raw) if is_update else join.on_features(msg, raw)
+        outputs += join.on_tick(now)
+        for o in outputs:
+            if isinstance(o, Joined):
+                wb.joined.append(o)
+            elif isinstance(o, Deleted):
+                wb.deleted.append(o)
+            elif isinstance(o, JoinDeadLetter):
+                wb.dead_letters.append(DeadLetterOut(o.raw, "nearline.join", o.error))
+            # Released: consumed, nothing to write
+            for (tp, off) in o.sources:
+                tracker.done(tp, off)
+        for d in wb.dead_letters:
+            if d.stage != "nearline.join":
+                tracker.done((d.raw.topic, d.raw.partition), d.raw.offset)
+        # Everything emitted above is written by the downstream stages of this same batch before
+        # CommitStage commits; events still pending in the join hold their partitions back.
+        wb.commit = tracker.committable()
+        tracker.mark_committed(wb.commit)
+        self.metrics.inc("events_read", len(records))
+        for k, v in join.counters.items():
+            self.metrics.inc(k, v - before.get(k, 0))
+        self.metrics.set("pending_joins", len(join.pending), group=str(group))
+        return wb
+
+
+class ScoreStage:
+    def __init__(self, models, metrics: Metrics = METRICS):
+        self.models, self.metrics = models, metrics
+
+    def run(self, wb: WorkBatch) -> WorkBatch:
+        self.models.refresh()
+        wb.embeddings = [{} for _ in wb.joined]
+        by_type: dict[str, list[int]] = {}
+        for i, j in enumerate(wb.joined):
+            by_type.setdefault(j.entity_type, []).append(i)
+        bad_rows: set[int] = set()
+        for etype, idx in by_type.items():
+            scores, bad = self.models.score(etype, [wb.joined[i].features for i in idx])
+            for local, err in bad.items():
+                i = idx[local]
+                bad_rows.add(i)
+                j = wb.joined[i]
+                wb.dead_letters.append(DeadLetterOut(RawRef("(joined)", -1, -1, j.key.encode(), b""), "nearline.score",
+                                                     f"{j.key} version {j.version}: {err}"))
+            for key, mat in scores.items():
+                for local, i in enumerate(idx):
+                    if i not in bad_rows:
+                        wb.embeddings[i][key] = np.ascontiguousarray(mat[local], dtype="<f4").tobytes()
+        if bad_rows:
+            keep = [i for i in range(len(wb.joined)) if i not in bad_rows]
+            wb.joined = [wb.joined[i] for i in keep]
+            wb.embeddings = [wb.embeddings[i] for i in keep]
+        self.metrics.inc("embeddings_computed", sum(len(e) for e in wb.embeddings))
+        return wb
+
+
+class PublishStage:
+    def __init__(self, cfg: Config, store, producer, codec: Codec | None = None, metrics: Metrics = METRICS):
+        self.cfg, self.store, self.producer = cfg, store, producer
+        self.codec, self.metrics = codec or Codec(), metrics
+
+    def run(self, wb: WorkBatch) -> WorkBatch:
+        tol = self.cfg.dedupe.tolerance
+        ents = [(j.entity_type, j.entity_id) for j in wb.joined] + [(d.entity_type, d.entity_id) for d in wb.deleted]
+        fields = [sorted(e) for e in wb.embeddings] + [[] for _ in wb.deleted]
+        stored = self.store.read(ents, fields)
+        now_ms = int(time.time() * 1000)
+        upserts, deletes, sends, latencies = [], [], [], []
+        n_dedup = n_written = n_stale = 0
+        for j, emb, (sv, sf) in zip(wb.joined, wb.embeddings, stored):
+            d = decide(sv, sf, j.version, emb, tol)
+            if d.stale:
+                n_stale += len(emb)
+                continue
+            n_dedup += d.unchanged
+            if not d.changed:
+                continue
+            n_written += len(d.changed)
+            upserts.append((j.entity_type, j.entity_id, j.version, d.changed))
+            entries = []
+            for k in sorted(d.changed):
+                name, _, ver = k.partition("@")
+                entries.append({"model": name, "model_version": ver, "dim": len(d.changed[k]) // 4,
+                                "vector": d.changed[k], "produced_at": now_ms})
+            rec = {"entity_type": j.entity_type, "entity_id": j.entity_id, "version": j.version,
+                   "deleted": False, "partial": j.partial, "embeddings": entries}
+            sends.append((self.cfg.topics.embeddings, j.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
+            if j.last_produced_ms:
+                latencies.append(now_ms - j.last_produced_ms)
+        for dl, (sv, _) in zip(wb.deleted, stored[len(wb.joined):]):
+            if sv is not None and dl.version < sv:
+                n_stale += 1
+                continue
+            deletes.append((dl.entity_type, dl.entity_id, dl.version))
+            rec = {"entity_type": dl.entity_type, "entity_id": dl.entity_id, "version": dl.version,
+                   "deleted": True, "partial": False, "embeddings": []}
+            sends.append((self.cfg.topics.embeddings, dl.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
+        n_msgs = len(sends)
+        for d in wb.dead_letters:
+            r = d.raw
+            sends.append((self.cfg.topics.dead_letter, r.key, self.codec.encode("DeadLetter", {
+                "original": r.value, "key": r.key, "topic": r.topic, "partition": r.partition, "offset": r.offset,
+                "stage": d.stage, "error": d.error[:4000], "time": now_ms})))
+            log.warning("dead letter from %s (%s[%d]@%d): %s", d.stage, r.topic, r.partition, r.offset, d.error)
+        self._send_all(sends)                       # 1. Kafka (acknowledged)
+        retries_before = self.store.retries
+        self.store.write(upserts, deletes)          # 2. Redis, version-guarded
+        m = self.metrics
+        m.inc("embeddings_deduped", n_dedup)
+        m.inc("embeddings_written", n_written)
+        m.inc("embeddings_stale", n_stale)
+        m.inc("messages_published", n_msgs)
+        m.inc("dead_letters", len(wb.dead_letters))
+        m.inc("redis_retries", self.store.retries - retries_before)
+        m.observe_latency(latencies)
+        return wb
+
+    def _send_all(self, sends) -> None:
+        if not sends:
+            return
+        delay = 0.2
+        while True:
+            try:
+                futs = [self.producer.send(t, key=k, value=v) for t, k, v in sends]
+                self.producer.flush()
+                for f in futs:
+                    f.get(timeout=30)
+                return
+            except Exception as exc:  # broker unavailable: retry the whole batch (consumers dedupe by version)
+                log.error("publishing %d records failed (%s); retrying in %.1fs", len(sends), exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+class CommitStage:
+    def __init__(self, committer, metrics: Metrics = METRICS):
+        self.committer, self.metrics = committer, metrics
+
+    def run(self, wb: WorkBatch) -> WorkBatch:
+        if wb.commit:
+            from nearline import kafka_io
+
+            delay = 0.2
+            while True:
+                try:
+                    kafka_io.commit(self.committer, {kafka_io.TopicPartition(t, p): off for (t, p), off in wb.commit.items()})
+                    break
+                except Exception as exc:
+                    log.error("offset commit failed (%s); retrying in %.1fs", exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+            self.metrics.inc("offsets_committed")
+            for (t, p), off in wb.commit.items():
+                self.metrics.set("committed_offset", off, topic=t, partition=p)
+        return wb
