@@ -31,7 +31,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
-from nearline.pipeline import KafkaRecord
+from nearline.pipeline import KafkaRecord, RecordBatch
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class _PollCounter(RestrictionProvider):
 
 
 class ReadPartitionGroups(beam.DoFn):
-    """element: partition index p -> (p, [KafkaRecord, ...]) per poll."""
+    """element: partition index p -> (p, RecordBatch) per poll."""
 
     def __init__(self, bootstrap: str, topics: list[str], group_id: str, max_poll_records: int = 1000,
                  poll_timeout_ms: int = 100, lag_every_s: float = 5.0):
@@ -120,5 +120,5 @@ class ReadPartitionGroups(beam.DoFn):
         records = [KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value)
                    for msgs in polled.values() for m in msgs]
         self._report_lag(p, c)
-        yield p, records
+        yield p, RecordBatch(records, time.time())
         tracker.defer_remainder(Duration.of(0))

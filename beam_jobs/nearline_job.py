@@ -46,10 +46,10 @@ class StandardizationJoinFn(beam.DoFn):
         self.watcher.poll(force=True)
 
     def process(self, element, state=beam.DoFn.StateParam(STATE)):
-        group, records = element
+        group, batch = element
         self.watcher.poll()
         st = state.read() or self.stage.new_state(self.watcher.required())
-        wb = self.stage.run(st, group, records, self.watcher.required())
+        wb = self.stage.run(st, group, batch, self.watcher.required())
         state.write(st)
         yield wb
 
@@ -131,14 +131,17 @@ def _read_with_kafkaio(p, cfg: Config, bootstrap: str, topics: list[str]):
     finalizes; records are keyed by partition so the same stateful join applies per partition group."""
     from apache_beam.io.kafka import ReadFromKafka
 
-    from nearline.pipeline import KafkaRecord
+    import time
+
+    from nearline.pipeline import KafkaRecord, RecordBatch
 
     return (p
             | "ReadFromKafka" >> ReadFromKafka(
                 consumer_config={"bootstrap.servers": bootstrap, "group.id": cfg.kafka.consumer_group,
                                  "auto.offset.reset": "earliest"},
                 topics=topics, with_metadata=True, commit_offset_in_finalize=True)
-            | "ToRecords" >> beam.Map(lambda r: (r.partition, [KafkaRecord(r.topic, r.partition, r.offset, r.key, r.value)])))
+            | "ToRecords" >> beam.Map(lambda r: (r.partition, RecordBatch(
+                [KafkaRecord(r.topic, r.partition, r.offset, r.key, r.value)], time.time()))))
 
 
 def pipeline_options(cfg: Config, beam_args: list[str] | None = None) -> PipelineOptions:

@@ -108,6 +108,7 @@ class StandardizationJoin:
         self.required = {k: set(v) for k, v in required.items()}
         self.timeout_s, self.policy, self.max_pending = timeout_s, policy, max_pending
         self.clock = clock
+        self.now_override: float | None = None  # set per batch: time comes with the input (deterministic replay)
         self.pending: "OrderedDict[str, Pending]" = OrderedDict()  # insertion order = age order
         self.completed: "OrderedDict[str, int]" = OrderedDict()    # key -> last completed version (LRU)
         self.remember_completed = remember_completed
@@ -162,7 +163,7 @@ class StandardizationJoin:
 
     def on_tick(self, now: float | None = None) -> list[Output]:
         """Time out joins older than timeout_s (and the oldest beyond max_pending)."""
-        now = self.clock() if now is None else now
+        now = self._now() if now is None else now
         out: list[Output] = []
         while self.pending:
             key, entry = next(iter(self.pending.items()))
@@ -174,6 +175,9 @@ class StandardizationJoin:
         return out
 
     # ---- internals ---------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.now_override if self.now_override is not None else self.clock()
+
     def _entry_for(self, key, etype, eid, version, raw: RawRef, out: list) -> Pending | None:
         done_v = self.completed.get(key)
         if done_v is not None and version <= done_v:
@@ -192,7 +196,7 @@ class StandardizationJoin:
                 out.append(Released("superseded", entry.sources))
                 entry = None
         if entry is None:
-            entry = Pending(key, etype, eid, version, self.clock(), first_raw=raw)
+            entry = Pending(key, etype, eid, version, self._now(), first_raw=raw)
             self.pending[key] = entry
         return entry
 
@@ -210,7 +214,7 @@ class StandardizationJoin:
         self._remember(entry.key, entry.version)
         self.counters["joins_completed"] += 1
         return [Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, entry.features, False, [],
-                       entry.sources, self.clock(), entry.last_produced_ms)]
+                       entry.sources, self._now(), entry.last_produced_ms)]
 
     def _timeout(self, entry: Pending, now: float) -> Output:
         missing = self._missing(entry)

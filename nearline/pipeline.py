@@ -42,6 +42,15 @@ class KafkaRecord:
 
 
 @dataclass
+class RecordBatch:
+    """One poll of one partition group. ``polled_at`` (wall-clock seconds) is the join's notion of now,
+    so the join is a deterministic function of its input (replays and TestStream tests)."""
+
+    records: list[KafkaRecord]
+    polled_at: float
+
+
+@dataclass
 class DeadLetterOut:
     raw: RawRef
     stage: str
@@ -78,10 +87,12 @@ class JoinStage:
         return PartitionGroupState(StandardizationJoin(required, timeout_s=j.timeout_s, policy=j.timeout_policy,
                                                        max_pending=j.max_pending), OffsetTracker())
 
-    def run(self, state: PartitionGroupState, group, records: list[KafkaRecord],
-            required: dict[str, set[str]] | None = None, now: float | None = None) -> WorkBatch:
+    def run(self, state: PartitionGroupState, group, batch: RecordBatch,
+            required: dict[str, set[str]] | None = None) -> WorkBatch:
+        records = batch.records
         wb = WorkBatch(group, n_read=len(records))
         join, tracker = state.join, state.tracker
+        join.now_override = batch.polled_at
         before = dict(join.counters)
         outputs = []
         if required is not None and required != join.required:
@@ -100,7 +111,8 @@ class JoinStage:
                                                      f"unknown entity type {msg['entity_type']!r}; known: {sorted(self.entity_types)}"))
                 continue
             outputs += join.on_update(msg, raw) if is_update else join.on_features(msg, raw)
-        outputs += join.on_tick(now)
+        outputs += join.on_tick()
+        join.now_override = None
         for o in outputs:
             if isinstance(o, Joined):
                 wb.joined.append(o)

@@ -1,0 +1,201 @@
+"""Runs the real system for end-to-end tests: standardizer processes and the `nearline run` job as
+subprocesses against a real broker and Redis, an in-process update streamer, and the expected end state
+computed independently (standardizers + onnxruntime run directly)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import yaml
+
+from nearline import kafka_io
+from nearline.codec import Codec
+from nearline.config import Config
+from nearline.features import build_inputs
+from nearline.kafka_io import TopicPartition
+from nearline.marketplace.stream import UpdateStreamer, load_marketplace
+from nearline.marketplace.taxonomy import Taxonomies
+from nearline.registry import Registry
+from nearline.standardize import make_processor
+from nearline.store import RedisEmbeddingStore
+
+PROCESSORS = ["title", "skills", "company", "geo"]
+
+
+@dataclass
+class Harness:
+    root: Path
+    cfg: Config
+    marketplace_dir: Path
+    registry_lines: list[str]
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    events: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.registry = self.root / "registry.yaml"
+        self.registry.write_text("".join(f"- {line}\n" for line in self.registry_lines))
+        t = self.cfg.topics
+        conf = {
+            "topics": {"entity_updates": t.entity_updates, "standardized_prefix": t.standardized_prefix,
+                       "embeddings": t.embeddings, "dead_letter": t.dead_letter, "partitions": t.partitions},
+            "kafka": {"bootstrap": self.cfg.kafka.bootstrap, "consumer_group": self.cfg.kafka.consumer_group},
+            "redis": {"url": self.cfg.redis.url, "key_prefix": self.cfg.redis.key_prefix},
+            "join": {"timeout_s": 60},
+            "job": {"metrics_port": 0, "log_every_s": 2, "registry_poll_s": 0.5, "poll_timeout_ms": 50},
+            "standardizers": {"taxonomy_dir": str(self.marketplace_dir),
+                              "delays": {"skills": {"delay_ms": 5, "jitter_ms": 40}, "geo": {"jitter_ms": 20}}},
+            "models": {"registry": str(self.registry)},
+        }
+        self.config_file = self.root / "nearline.yaml"
+        self.config_file.write_text(yaml.safe_dump(conf))
+        kafka_io.ensure_topics(self.cfg.kafka.bootstrap, self.cfg.all_topics(), t.partitions)
+        self.streamer = UpdateStreamer(load_marketplace(self.marketplace_dir), seed=5)
+        self.codec = Codec()
+        self.producer = kafka_io.make_producer(self.cfg.kafka.bootstrap)
+
+    # ---- processes -----------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        p = subprocess.Popen([sys.executable, "-m", "nearline.cli", "--config", str(self.config_file), *args],
+                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs[name] = p
+        return p
+
+    def start_standardizers(self):
+        for p in PROCESSORS:
+            self._spawn(f"std-{p}", ["standardize", "--processor", p])
+
+    def start_job(self):
+        return self._spawn("job", ["run"])
+
+    def job_log(self) -> str:
+        return (self.root / "job.log").read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.job_log():
+            if self.procs["job"].poll() is not None:
+                raise AssertionError(f"job exited ({self.procs['job'].returncode}):\n{self.job_log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in job log after {timeout}s:\n{self.job_log()[-3000:]}")
+            time.sleep(0.2)
+
+    def kill_job(self, sig=signal.SIGKILL):
+        p = self.procs.pop("job")
+        os.killpg(p.pid, sig)
+        p.wait(timeout=30)
+
+    def stop_all(self):
+        for name, p in list(self.procs.items()):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for name, p in list(self.procs.items()):
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        self.procs.clear()
+        self.producer.close()
+
+    # ---- input ----------------------------------------------------------------------------------
+    def stream(self, n: int, rate: float = 500.0) -> list:
+        start = time.monotonic()
+        futs = []
+        for i, ev in enumerate(self.streamer.take(n)):
+            wait = start + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            futs.append(self.producer.send(self.cfg.topics.entity_updates, key=ev.key.encode(),
+                                           value=self.codec.encode("EntityUpdate", ev.record)))
+            self.events.append(ev)
+        self.producer.flush()
+        for f in futs:
+            f.get(timeout=30)
+        return self.events[-n:]
+
+    def produce_raw(self, topic: str, key: bytes, value: bytes) -> None:
+        self.producer.send(topic, key=key, value=value).get(timeout=30)
+
+    # ---- progress -------------------------------------------------------------------------------
+    def lag(self, group: str, topics: list[str]) -> int:
+        c = kafka_io.make_consumer(self.cfg.kafka.bootstrap, group)
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in range(self.cfg.topics.partitions)]
+            ends = c.end_offsets(tps)
+            return sum(ends[tp] - (c.committed(tp) or 0) for tp in tps)
+        finally:
+            c.close(autocommit=False)
+
+    def wait_caught_up(self, timeout: float = 180) -> None:
+        """Until every standardizer and the job have committed everything there is to read."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lags = {p: self.lag(f"standardizer-{p}", [self.cfg.topics.entity_updates]) for p in PROCESSORS}
+            lags["job"] = self.lag(self.cfg.kafka.consumer_group, self.cfg.input_topics())
+            if not any(lags.values()):
+                return
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise AssertionError(f"{name} exited with {p.returncode}:\n{(self.root / (name + '.log')).read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not caught up after {timeout}s: {lags}\n{self.job_log()[-3000:]}")
+            time.sleep(0.5)
+
+    # ---- output ---------------------------------------------------------------------------------
+    def topic_records(self, topic: str) -> list[dict]:
+        c = kafka_io.make_consumer(self.cfg.kafka.bootstrap, None)
+        tps = [TopicPartition(topic, p) for p in range(self.cfg.topics.partitions)]
+        c.assign(tps)
+        c.seek_to_beginning()
+        ends = c.end_offsets(tps)
+        out = []
+        deadline = time.monotonic() + 30
+        while any(c.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for msgs in c.poll(200).values():
+                out += [self.codec.decode(m.value) for m in msgs]
+        c.close()
+        return out
+
+    def final_state(self) -> dict[str, dict | None]:
+        """entity key -> last raw fields (None if deleted), from the events streamed."""
+        state: dict[str, dict | None] = {}
+        for ev in self.events:
+            state[ev.key] = None if ev.record["op"] == "DELETE" else ev.record["fields"]
+        return state
+
+    def expected_embeddings(self, live: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
+        """ORT run directly on the standardized features of each live entity, for every registered model."""
+        tax = Taxonomies.load(self.marketplace_dir / "taxonomies.json")
+        procs = [make_processor(p, tax) for p in PROCESSORS]
+        good, bad = Registry(self.registry).load(["member", "job"])
+        out: dict[str, dict[str, np.ndarray]] = {k: {} for k in live}
+        for pkg in good:
+            man = pkg.manifest
+            sess = ort.InferenceSession(str(pkg.onnx_path), providers=["CPUExecutionProvider"])
+            keys = [k for k in live if k.startswith(man.entity_type + ":")]
+            rows = []
+            for k in keys:
+                feats = {}
+                for p in procs:
+                    feats.update(p.standardize(live[k]))
+                rows.append(feats)
+            if keys:
+                emb = sess.run([man.output_name], build_inputs(man, rows))[0]
+                for k, e in zip(keys, emb):
+                    out[k][man.key] = e
+        return out
+
+    def stored(self, key: str) -> dict[str, bytes]:
+        etype, eid = key.split(":", 1)
+        return RedisEmbeddingStore(self.cfg.redis.url, self.cfg.redis.key_prefix).get(etype, eid)

@@ -1,0 +1,152 @@
+"""End to end on a real broker and Redis: standardizer processes + the Beam job (`nearline run`)."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nearline import REPO_ROOT
+from nearline.codec import Codec
+from tests.conftest import isolated_config
+from tests.helpers import make_package
+from tests.integration.harness import Harness
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SHIPPED = [str(REPO_ROOT / "models/packages/member_pyramid/v1"), str(REPO_ROOT / "models/packages/job_pyramid/v1")]
+
+
+def _check_live_and_deleted(h: Harness, must_have: dict[str, set[str]]):
+    state = h.final_state()
+    live = {k: f for k, f in state.items() if f is not None}
+    expected = h.expected_embeddings(live)
+    n_compared = 0
+    for key, fields in state.items():
+        stored = h.stored(key)
+        vecs = {k: np.frombuffer(v, "<f4") for k, v in stored.items() if not k.startswith("_")}
+        if fields is None:
+            assert not vecs, f"deleted {key} still has embeddings {sorted(vecs)}"
+            continue
+        need = must_have[key.split(":")[0]]
+        assert need <= set(vecs), f"{key} lacks {need - set(vecs)}"
+        for model, v in vecs.items():
+            np.testing.assert_allclose(v, expected[key][model], atol=1e-5, err_msg=f"{key} {model}")
+            n_compared += 1
+    return n_compared
+
+
+def test_stream_through_standardizers_and_job(tmp_path, noida_bootstrap, redis_url, marketplace_dir, unique):
+    cfg = isolated_config(noida_bootstrap, redis_url, unique)
+    tiny = [str(make_package(tmp_path / "pk", "member_tiny", "v1", "member", seed=1)),
+            str(make_package(tmp_path / "pk", "job_tiny", "v1", "job", seed=2))]
+    h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED + tiny)
+    codec = Codec()
+    try:
+        h.start_standardizers()
+        h.start_job()
+        h.wait_log("partition group 3: reading")
+        phase1 = h.stream(1200, rate=600)
+
+        # bad input: undecodable bytes, an unknown entity type, features that do not fit the manifest
+        h.produce_raw(cfg.topics.entity_updates, b"member:x", b"\x00not avro")
+        h.produce_raw(cfg.topics.entity_updates, b"company:c1", codec.encode("EntityUpdate", {
+            "entity_type": "company", "entity_id": "c1", "version": 1, "op": "UPSERT", "event_time": 0, "fields": {}}))
+        bad_v = time.time_ns() // 1000
+        h.produce_raw(cfg.topics.entity_updates, b"member:mbad", codec.encode("EntityUpdate", {
+            "entity_type": "member", "entity_id": "mbad", "version": bad_v, "op": "UPSERT", "event_time": 0, "fields": {}}))
+        for proc, feats in [("title", {"title": {"ids": [1], "weights": None}, "seniority": {"ids": [1], "weights": None}}),
+                            ("skills", {"skills": {"ids": [1, 2], "weights": [1.0]}}),  # 1 weight for 2 ids
+                            ("company", {"company": {"ids": [1], "weights": None}}), ("geo", {"geo": {"ids": [1], "weights": None}})]:
+            h.produce_raw(cfg.standardized_topic(proc), b"member:mbad", codec.encode("StandardizedFeatures", {
+                "entity_type": "member", "entity_id": "mbad", "version": bad_v, "processor": proc, "features": feats,
+                "produced_at": 0}))
+        h.wait_caught_up()
+
+        # live registration: a new version and a broken package, while the job runs
+        new = make_package(tmp_path / "pk", "member_tiny", "v2", "member", seed=3)
+        broken = make_package(tmp_path / "pk", "job_broken", "v1", "job", seed=4)
+        (broken / "tower.onnx").write_bytes(b"truncated")
+        with open(h.registry, "a") as fh:
+            fh.write(f"- {new}\n- {broken}\n")
+        h.wait_log("added ['member_tiny@v2']", timeout=30)
+        h.wait_log("job_broken/v1 REFUSED", timeout=30)
+        phase2 = h.stream(1000, rate=600)
+        h.wait_caught_up()
+        assert h.procs["job"].poll() is None, "the job must keep running through bad input"
+    finally:
+        h.stop_all()
+
+    # 1. every live entity's embeddings == onnxruntime on its standardized features; deleted have none
+    base = {"member": {"member_pyramid@v1", "member_tiny@v1"}, "job": {"job_pyramid@v1", "job_tiny@v1"}}
+    n = _check_live_and_deleted(h, base)
+    assert n > 500
+
+    # 2. the version registered live scores every member upserted after registration
+    last = {}
+    for ev in h.events:
+        last[ev.key] = ev
+    phase2_ids = {id(e) for e in phase2}
+    late_members = [k for k, ev in last.items() if k.startswith("member:") and id(ev) in phase2_ids
+                    and ev.record["op"] == "UPSERT"]
+    assert len(late_members) > 20
+    for k in late_members:
+        assert "member_tiny@v2" in h.stored(k), k
+
+    # 3. the topic: one message per written (entity, version); irrelevant updates write nothing
+    msgs = h.topic_records(cfg.topics.embeddings)
+    pairs = [(f"{m['entity_type']}:{m['entity_id']}", m["version"]) for m in msgs]
+    assert len(pairs) == len(set(pairs)), "an entity update was published twice"
+    published = set(pairs)
+    by_key = {}
+    for ev in phase1:
+        by_key.setdefault(ev.key, []).append(ev)
+    checked = 0
+    for key, evs in by_key.items():
+        for prev, cur in zip(evs, evs[1:]):
+            if cur.kind == "irrelevant_update" and prev.record["op"] == "UPSERT" and (key, prev.record["version"]) in published:
+                assert (key, cur.record["version"]) not in published, f"irrelevant update of {key} was published"
+                checked += 1
+                if evs[-1] is cur and last[key] is cur:  # nothing after it: Redis still holds prev's version
+                    assert int(h.stored(key)["_v"]) == prev.record["version"]
+    assert checked >= 10, checked
+    for key, fields in h.final_state().items():
+        v = int(h.stored(key)["_v"])
+        assert (key, v) in published, f"{key}: final version {v} in Redis was never published"
+
+    # 4. bad input was dead-lettered with its reason
+    dls = h.topic_records(cfg.topics.dead_letter)
+    stages = {d["stage"] for d in dls}
+    assert {"nearline.decode", "nearline.validate", "nearline.score"} <= stages, dls
+    assert any("1 weights for 2 ids" in d["error"] for d in dls)
+    assert any(d["original"] == b"\x00not avro" for d in dls)
+    assert not h.stored("member:mbad") or not any(not k.startswith("_") for k in h.stored("member:mbad"))
+
+
+def test_sigkill_mid_stream_and_restart(tmp_path, noida_bootstrap, redis_url, marketplace_dir, unique):
+    cfg = isolated_config(noida_bootstrap, redis_url, unique)
+    tiny = [str(make_package(tmp_path / "pk", "member_tiny", "v1", "member", seed=1)),
+            str(make_package(tmp_path / "pk", "job_tiny", "v1", "job", seed=2))]
+    h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED + tiny)
+    try:
+        h.start_standardizers()
+        h.start_job()
+        h.wait_log("partition group 3: reading")
+        t = threading.Thread(target=h.stream, args=(2000, 400))
+        t.start()
+        time.sleep(2.5)  # mid-stream, with joins pending and batches in flight
+        h.kill_job()
+        time.sleep(1.0)
+        h.start_job()
+        t.join()
+        h.wait_caught_up()
+    finally:
+        h.stop_all()
+    assert "partition group 0: reading" in h.job_log()
+    base = {"member": {"member_pyramid@v1", "member_tiny@v1"}, "job": {"job_pyramid@v1", "job_tiny@v1"}}
+    assert _check_live_and_deleted(h, base) > 500
+    msgs = h.topic_records(cfg.topics.embeddings)
+    published = {(f"{m['entity_type']}:{m['entity_id']}", m["version"]) for m in msgs}
+    for key in h.final_state():
+        assert (key, int(h.stored(key)["_v"])) in published, key

@@ -1,0 +1,127 @@
+"""StandardizationJoin semantics as plain Python with an injectable clock."""
+
+import itertools
+
+import pytest
+
+from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, StandardizationJoin
+
+REQ = {"member": {"title", "skills"}, "job": {"title"}}
+_off = itertools.count()
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def raw(topic="std"):
+    return RawRef(topic, 0, next(_off), b"k", b"v")
+
+
+def upd(eid, v, op="UPSERT", etype="member"):
+    return {"entity_type": etype, "entity_id": eid, "version": v, "op": op}, raw("updates")
+
+
+def feat(eid, v, proc, ids=(1,), etype="member"):
+    return {"entity_type": etype, "entity_id": eid, "version": v, "processor": proc,
+            "features": {proc: {"ids": list(ids), "weights": None}}, "produced_at": 5}, raw(f"std.{proc}")
+
+
+def feed(join, events):
+    out = []
+    for kind, (msg, r) in events:
+        out += join.on_update(msg, r) if kind == "u" else join.on_features(msg, r)
+    return out
+
+
+def joined(out):
+    return [o for o in out if isinstance(o, Joined)]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_completes_in_any_order_with_every_source(order):
+    j = StandardizationJoin(REQ, clock=Clock())
+    events = [("u", upd("m1", 3)), ("f", feat("m1", 3, "title", [7])), ("f", feat("m1", 3, "skills", [1, 2]))]
+    out = feed(j, [events[i] for i in order])
+    [done] = joined(out)
+    assert (done.key, done.version, done.partial) == ("member:m1", 3, False)
+    assert done.features == {"title": {"ids": [7], "weights": None}, "skills": {"ids": [1, 2], "weights": None}}
+    assert len(done.sources) == 3 and not j.pending  # completed entries are freed
+
+
+def test_duplicates_are_released_not_double_counted():
+    j = StandardizationJoin(REQ, clock=Clock())
+    out = feed(j, [("f", feat("m1", 3, "title")), ("f", feat("m1", 3, "title")), ("u", upd("m1", 3)),
+                   ("u", upd("m1", 3)), ("f", feat("m1", 3, "skills"))])
+    assert len(joined(out)) == 1
+    assert [o.reason for o in out if isinstance(o, Released)] == ["duplicate", "duplicate"]
+    # a late duplicate after completion is stale
+    out = feed(j, [("f", feat("m1", 3, "skills"))])
+    assert isinstance(out[0], Released) and out[0].reason == "stale"
+    assert j.counters["duplicates"] == 2 and j.counters["stale"] == 1
+
+
+def test_newer_version_supersedes_pending_and_older_is_stale():
+    j = StandardizationJoin(REQ, clock=Clock())
+    out = feed(j, [("u", upd("m1", 1)), ("f", feat("m1", 1, "title")), ("u", upd("m1", 2))])
+    sup = [o for o in out if isinstance(o, Released)]
+    assert sup[0].reason == "superseded" and len(sup[0].sources) == 2  # v1's offsets are released
+    out = feed(j, [("f", feat("m1", 1, "skills")), ("f", feat("m1", 2, "title")), ("f", feat("m1", 2, "skills"))])
+    assert out[0].reason == "stale"
+    [done] = joined(out)
+    assert done.version == 2
+    assert j.counters["joins_superseded"] == 1 and j.counters["joins_completed"] == 1
+
+
+def test_delete_supersedes_and_is_emitted_at_once():
+    j = StandardizationJoin(REQ, clock=Clock())
+    out = feed(j, [("u", upd("m1", 1)), ("f", feat("m1", 1, "title")), ("u", upd("m1", 2, op="DELETE"))])
+    dels = [o for o in out if isinstance(o, Deleted)]
+    assert len(dels) == 1 and dels[0].version == 2 and not j.pending
+    # late features of the deleted version: stale
+    assert feed(j, [("f", feat("m1", 1, "skills"))])[0].reason == "stale"
+
+
+@pytest.mark.parametrize("policy", ["partial", "dead_letter"])
+def test_timeout_policy(policy):
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=30, policy=policy, clock=clock)
+    feed(j, [("u", upd("m1", 1)), ("f", feat("m1", 1, "title"))])
+    clock.t += 29
+    assert j.on_tick() == []
+    clock.t += 2
+    [o] = j.on_tick()
+    if policy == "partial":
+        assert isinstance(o, Joined) and o.partial and o.missing == ["skills"]
+        assert set(o.features) == {"title"}
+    else:
+        assert isinstance(o, JoinDeadLetter) and "missing: skills" in o.error and o.raw.topic == "updates"
+    assert len(o.sources) == 2 and not j.pending
+
+
+def test_state_stays_bounded():
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=1e9, max_pending=100, remember_completed=50, clock=clock)
+    for i in range(1000):
+        feed(j, [("u", upd(f"m{i}", 1))])
+        clock.t += 0.001
+        j.on_tick()
+        feed(j, [("u", upd(f"j{i}", 1, etype="job")), ("f", feat(f"j{i}", 1, "title", etype="job"))])
+    assert len(j.pending) <= 100 and len(j.completed) <= 50
+    assert j.counters["joins_partial"] >= 900  # the oldest were timed out early, not dropped
+
+
+def test_registering_a_model_changes_what_is_required():
+    j = StandardizationJoin({"member": {"title", "skills", "geo"}}, clock=Clock())
+    out = feed(j, [("u", upd("m1", 1)), ("f", feat("m1", 1, "title")), ("f", feat("m1", 1, "skills"))])
+    assert not joined(out)
+    assert len(joined(j.set_required({"member": {"title", "skills"}}))) == 1
+
+
+def test_entity_type_without_models_completes_on_its_update():
+    j = StandardizationJoin({}, clock=Clock())
+    assert len(joined(feed(j, [("u", upd("x", 1, etype="job"))]))) == 1
