@@ -11,8 +11,11 @@ consumer group's committed offsets, which only advance once effects are written 
 nearline/pipeline.py). A fresh reader seeks to the committed offsets.
 
 Quirks of the FnApiRunner (Beam 2.77.0) designed around here:
-* ``defer_remainder``'s resume delay is ignored: an idle poll blocks for poll_timeout_ms instead of
-  spinning a core;
+* ``defer_remainder``'s resume delay is ignored: an idle poll blocks instead of spinning a core. The
+  runner polls the partition groups one after another in one thread, so each poll may block for only
+  ``poll_timeout_ms / groups``: an idle round over all groups then takes about poll_timeout_ms, and data
+  arriving in one group never waits behind the full timeout of every other group (measured: a 100 ms
+  timeout per group gave a 430 ms p50 hop latency with 4 groups);
 * every poll yields a batch, empty or not, so downstream join timeouts advance without timers (timers
   are unreliable on this runner in streaming mode);
 * a stop is signalled through STOP: the reader claims the rest of its restriction and returns, which
@@ -59,9 +62,10 @@ class ReadPartitionGroups(beam.DoFn):
     """element: partition index p -> (p, RecordBatch) per poll."""
 
     def __init__(self, bootstrap: str, topics: list[str], group_id: str, max_poll_records: int = 1000,
-                 poll_timeout_ms: int = 100, lag_every_s: float = 5.0):
+                 poll_timeout_ms: int = 100, groups: int = 1, lag_every_s: float = 5.0):
         self.bootstrap, self.topics, self.group_id = bootstrap, topics, group_id
-        self.max_poll_records, self.poll_timeout_ms, self.lag_every_s = max_poll_records, poll_timeout_ms, lag_every_s
+        self.max_poll_records, self.lag_every_s = max_poll_records, lag_every_s
+        self.poll_timeout_ms = max(1, poll_timeout_ms // max(1, groups))
 
     def setup(self):
         self._consumers = {}
@@ -97,10 +101,11 @@ class ReadPartitionGroups(beam.DoFn):
         if now < self._next_lag.get(p, 0):
             return
         self._next_lag[p] = now + self.lag_every_s
+        from nearline import kafka_io
         from nearline.metrics import METRICS
 
         try:
-            ends = c.end_offsets(list(c.assignment()))
+            ends = kafka_io.end_offsets(c, list(c.assignment()))
             for tp, end in ends.items():
                 committed = c.committed(tp) or 0
                 METRICS.set("partition_lag", max(0, end - committed), topic=tp.topic, partition=tp.partition)
@@ -116,7 +121,11 @@ class ReadPartitionGroups(beam.DoFn):
         if not tracker.try_claim(pos):
             return
         c = self._consumer(p)
+        t_poll = time.time()
         polled = c.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("group %d poll at %.3f took %.1f ms: %d records", p, t_poll, (time.time() - t_poll) * 1000,
+                      sum(len(v) for v in polled.values()))
         records = [KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value)
                    for msgs in polled.values() for m in msgs]
         self._report_lag(p, c)

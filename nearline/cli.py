@@ -204,11 +204,24 @@ def cmd_get(args) -> int:
     return 0 if vecs or deleted else 1
 
 
+def cmd_demo(args) -> int:
+    from nearline.demo import run_demo
+
+    return run_demo(_cfg(args), args.config, args.rate, args.duration, args.members, args.jobs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nearline", description="Nearline embedding service: keeps entity embeddings fresh in Redis and Kafka.")
     p.add_argument("--config", help="config file (default: $NEARLINE_CONFIG, ./nearline.yaml, or the repo's)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="everything on local defaults: services, standardizers, the job, a steady stream, a live summary")
+    s.add_argument("--rate", type=float, default=200.0, help="entity updates per second")
+    s.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    s.add_argument("--members", type=int, default=2000, help="marketplace size if it must be generated")
+    s.add_argument("--jobs", type=int, default=1000)
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("services", help="start/stop/inspect the local Redis and Kafka-protocol broker")
     s.add_argument("action", choices=["up", "down", "status"])

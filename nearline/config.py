@@ -105,8 +105,9 @@ class JobConfig:
     (needs a Java expansion service; not available offline)."""
     max_poll_records: int = 1000
     """Records one poll of one partition group may return; one poll becomes one batch through the graph."""
-    poll_timeout_ms: int = 100
-    """How long an idle poll waits; also the period of the join's timeout check when idle."""
+    poll_timeout_ms: int = 60
+    """How long an idle round of polls over all partition groups waits (split evenly between them); also
+    the period of the join's timeout check when idle. Lower: less latency, more idle CPU."""
     ort_threads: int = 1
     """onnxruntime intra-op threads per session (one beats two on small machines)."""
     registry_poll_s: float = 2.0

@@ -132,7 +132,7 @@ class Harness:
         c = kafka_io.make_consumer(self.cfg.kafka.bootstrap, group)
         try:
             tps = [TopicPartition(t, p) for t in topics for p in range(self.cfg.topics.partitions)]
-            ends = c.end_offsets(tps)
+            ends = kafka_io.end_offsets(c, tps)
             return sum(ends[tp] - (c.committed(tp) or 0) for tp in tps)
         finally:
             c.close(autocommit=False)
@@ -158,7 +158,7 @@ class Harness:
         tps = [TopicPartition(topic, p) for p in range(self.cfg.topics.partitions)]
         c.assign(tps)
         c.seek_to_beginning()
-        ends = c.end_offsets(tps)
+        ends = kafka_io.end_offsets(c, tps)
         out = []
         deadline = time.monotonic() + 30
         while any(c.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:

@@ -1,0 +1,158 @@
+"""`nearline demo`: the whole system on local defaults, with a live summary. Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from nearline.config import Config
+
+
+def _metrics(port: int) -> dict[str, float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+    except Exception:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, val = line.rpartition(" ")
+            try:
+                out[name] = out.get(name, 0.0) + float(val) if name.startswith("nearline_partition_lag") else float(val)
+            except ValueError:
+                pass
+    return out
+
+
+def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float | None, members: int, jobs: int) -> int:
+    from nearline import kafka_io
+    from nearline.codec import Codec
+    from nearline.marketplace.generate import MarketplaceSpec, generate
+    from nearline.marketplace.stream import UpdateStreamer, load_marketplace
+    from nearline.registry import Registry
+    from nearline.services import LocalServices
+    from nearline.store import RedisEmbeddingStore
+
+    svc = LocalServices(cfg)
+    was_running = svc.status()
+    st = svc.up()
+    started_services = not (was_running["kafka_up"] and was_running["redis_up"])
+    print(f"services: kafka {st.kafka_bootstrap}, redis {st.redis_url}")
+
+    data = cfg.path(cfg.standardizers.taxonomy_dir)
+    if not (data / "summary.json").exists():
+        print(f"generating the marketplace into {data} ...")
+        generate(MarketplaceSpec(members=members, jobs=jobs), data)
+    good, bad = Registry(cfg.path(cfg.models.registry)).load(cfg.entity_types)
+    for entry, problems in bad.items():
+        print(f"model {entry} refused: {'; '.join(problems)}")
+    if not good:
+        print("no valid model is registered: train one with\n  nearline train --config models/configs/marketplace.yaml "
+              "--version v1 --packages-root models/packages --register", file=sys.stderr)
+        return 2
+    print("models: " + ", ".join(p.manifest.key for p in good))
+
+    logs = cfg.path(cfg.services.state_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NEARLINE_KAFKA_BOOTSTRAP": st.kafka_bootstrap,
+           "NEARLINE_REDIS_URL": st.redis_url}
+    base = [sys.executable, "-m", "nearline.cli"] + (["--config", config_path] if config_path else [])
+    procs: dict[str, subprocess.Popen] = {}
+    for p in cfg.standardizers.processors:
+        procs[f"standardize-{p}"] = subprocess.Popen(base + ["standardize", "--processor", p], env=env,
+                                                     stdout=open(logs / f"standardize-{p}.log", "ab"), stderr=subprocess.STDOUT)
+    procs["job"] = subprocess.Popen(base + ["run"], env=env, stdout=open(logs / "job.log", "ab"), stderr=subprocess.STDOUT)
+    print(f"started {len(procs)} processes (logs in {logs}); streaming {rate:g} updates/s. Ctrl-C stops everything.")
+
+    stop = threading.Event()
+    last_key = {"key": None}
+    counts = {"sent": 0}
+
+    def stream():
+        streamer = UpdateStreamer(load_marketplace(data), seed=int(time.time()) % 100_000)
+        producer = kafka_io.make_producer(st.kafka_bootstrap, cfg.kafka.producer_linger_ms)
+        codec, start, n = Codec(), time.monotonic(), 0
+        while not stop.is_set():
+            try:
+                ev = streamer.next()
+            except StopIteration:
+                streamer = UpdateStreamer(load_marketplace(data), seed=n)
+                continue
+            producer.send(cfg.topics.entity_updates, key=ev.key.encode(), value=codec.encode("EntityUpdate", ev.record))
+            if ev.record["op"] == "UPSERT":
+                last_key["key"] = ev.key
+            n += 1
+            counts["sent"] = n
+            wait = start + n / rate - time.monotonic()
+            if wait > 0:
+                stop.wait(wait)
+        producer.flush()
+        producer.close()
+
+    interrupted = []
+    old = signal.signal(signal.SIGINT, lambda *a: interrupted.append(1))
+    streamer_t = threading.Thread(target=stream, daemon=True)
+    streamer_t.start()
+    store = RedisEmbeddingStore(st.redis_url, cfg.redis.key_prefix)
+    t0, prev, prev_t = time.monotonic(), {}, time.monotonic()
+    rc = 0
+    try:
+        while not interrupted and (duration is None or time.monotonic() - t0 < duration):
+            time.sleep(2.0)
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                print(f"process(es) exited: {dead}; see {logs}", file=sys.stderr)
+                rc = 1
+                break
+            m = _metrics(cfg.job.metrics_port)
+            now = time.monotonic()
+            dt = now - prev_t
+
+            def rate_of(k):
+                return (m.get(k, 0) - prev.get(k, 0)) / dt if m else 0.0
+
+            computed = m.get("nearline_embeddings_computed_total", 0)
+            dedup = m.get("nearline_embeddings_deduped_total", 0)
+            lag = sum(v for k, v in m.items() if k.startswith("nearline_partition_lag"))
+            sample = ""
+            key = last_key["key"]  # read once: the streamer thread keeps changing it
+            if key:
+                etype, eid = key.split(":", 1)
+                got = {k: v for k, v in store.get(etype, eid).items() if not k.startswith("_")}
+                if got:
+                    import numpy as np
+
+                    k0 = sorted(got)[0]
+                    vec = np.frombuffer(got[k0], "<f4")
+                    sample = f" | {key} {k0} [{', '.join(f'{x:+.3f}' for x in vec[:4])}, ...]"
+            p50 = m.get('nearline_publish_latency_ms{quantile="0.5"}', float("nan"))
+            print(f"[{now - t0:6.0f}s] sent {counts['sent']} | read {rate_of('nearline_events_read_total'):6.0f}/s | "
+                  f"joins {rate_of('nearline_joins_completed_total'):5.0f}/s | written {rate_of('nearline_embeddings_written_total'):5.0f}/s | "
+                  f"dedupe {dedup / computed if computed else 0:4.0%} | lag {lag:.0f} | p50 {p50:.0f} ms | "
+                  f"dead letters {m.get('nearline_dead_letters_total', 0):.0f}{sample}", flush=True)
+            prev, prev_t = m, now
+    finally:
+        signal.signal(signal.SIGINT, old)
+        print("stopping ...")
+        stop.set()
+        streamer_t.join(timeout=10)
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in procs.items():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if started_services:
+            svc.down()
+            print("services stopped")
+        print("stopped cleanly")
+    return rc
