@@ -32,7 +32,13 @@ def _check_live_and_deleted(h: Harness, must_have: dict[str, set[str]]):
         need = must_have[key.split(":")[0]]
         assert need <= set(vecs), f"{key} lacks {need - set(vecs)}"
         for model, v in vecs.items():
-            np.testing.assert_allclose(v, expected[key][model], atol=1e-5, err_msg=f"{key} {model}")
+            if not np.allclose(v, expected[key][model], atol=1e-5):
+                history = [(e.kind, e.record["version"]) for e in h.events if e.key == key]
+                pub = sorted(m["version"] for m in h.topic_records(h.cfg.topics.embeddings)
+                             if f"{m['entity_type']}:{m['entity_id']}" == key)
+                raise AssertionError(f"{key} {model}: stored version {stored.get('_v')} differs from onnxruntime on "
+                                     f"its final features; events {history}; published versions {pub}; "
+                                     f"max diff {np.abs(v - expected[key][model]).max():.3g}")
             n_compared += 1
     return n_compared
 
