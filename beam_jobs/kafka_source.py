@@ -61,15 +61,20 @@ class _PollCounter(RestrictionProvider):
 class ReadPartitionGroups(beam.DoFn):
     """element: partition index p -> (p, RecordBatch) per poll."""
 
-    def __init__(self, bootstrap: str, topics: list[str], group_id: str, max_poll_records: int = 1000,
-                 poll_timeout_ms: int = 100, groups: int = 1, lag_every_s: float = 5.0):
+    def __init__(self, bootstrap: str, topics: list[str], group_id: str, redis_url: str, redis_prefix: str,
+                 max_poll_records: int = 1000, poll_timeout_ms: int = 100, groups: int = 1, lag_every_s: float = 5.0):
         self.bootstrap, self.topics, self.group_id = bootstrap, topics, group_id
+        self.redis_url, self.redis_prefix = redis_url, redis_prefix
         self.max_poll_records, self.lag_every_s = max_poll_records, lag_every_s
         self.poll_timeout_ms = max(1, poll_timeout_ms // max(1, groups))
 
     def setup(self):
+        from nearline.store import ReadMarks, RedisEmbeddingStore
+
         self._consumers = {}
         self._next_lag = {}
+        self._replay_until = {}
+        self._marks = ReadMarks(RedisEmbeddingStore(self.redis_url, self.redis_prefix), self.group_id)
 
     def teardown(self):
         for c in getattr(self, "_consumers", {}).values():
@@ -92,6 +97,9 @@ class ReadPartitionGroups(beam.DoFn):
                     c.seek_to_beginning(tp)
                 else:
                     c.seek(tp, committed)
+            # what earlier runs had read: records up to these offsets are replays
+            marks = self._marks.load()
+            self._replay_until[p] = {(tp.topic, tp.partition): marks.get((tp.topic, tp.partition), -1) for tp in tps}
             log.info("partition group %d: reading %s from committed offsets", p, [f"{tp.topic}[{tp.partition}]" for tp in tps])
             self._consumers[p] = c
         return c
@@ -126,8 +134,13 @@ class ReadPartitionGroups(beam.DoFn):
         if log.isEnabledFor(logging.DEBUG):
             log.debug("group %d poll at %.3f took %.1f ms: %d records", p, t_poll, (time.time() - t_poll) * 1000,
                       sum(len(v) for v in polled.values()))
-        records = [KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value)
+        until = self._replay_until[p]
+        records = [KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value,
+                               m.offset <= until.get((m.topic, m.partition), -1))
                    for msgs in polled.values() for m in msgs]
+        if records:
+            # recorded before anything downstream acts on these records
+            self._marks.save({(tp.topic, tp.partition): msgs[-1].offset for tp, msgs in polled.items() if msgs})
         self._report_lag(p, c)
         yield p, RecordBatch(records, time.time())
         tracker.defer_remainder(Duration.of(0))

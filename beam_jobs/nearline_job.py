@@ -57,6 +57,7 @@ class StandardizationJoinFn(beam.DoFn):
         self.stage = JoinStage(self.cfg)
         self.watcher = _registry(self.cfg)
         self.watcher.poll(force=True)
+        log.info("join setup: waiting for %s", {t: sorted(p) for t, p in self.watcher.required().items()})
 
     def process(self, element, state=beam.DoFn.StateParam(STATE)):
         group, batch = element
@@ -129,9 +130,9 @@ def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None
     else:
         records = (p
                    | "PartitionGroups" >> beam.Create(list(range(cfg.topics.partitions)))
-                   | "ReadKafka" >> beam.ParDo(ReadPartitionGroups(bootstrap, topics, cfg.kafka.consumer_group,
-                                                                   cfg.job.max_poll_records, cfg.job.poll_timeout_ms,
-                                                                   groups=cfg.topics.partitions)))
+                   | "ReadKafka" >> beam.ParDo(ReadPartitionGroups(
+                       bootstrap, topics, cfg.kafka.consumer_group, redis_url, cfg.redis.key_prefix,
+                       cfg.job.max_poll_records, cfg.job.poll_timeout_ms, groups=cfg.topics.partitions)))
     batches = (records
                | "StandardizationJoin" >> beam.ParDo(StandardizationJoinFn(cfg))
                | "ScoreEmbeddings" >> beam.ParDo(ScoreEmbeddingsFn(cfg))

@@ -17,7 +17,7 @@ import numpy as np
 from nearline.codec import Codec
 from nearline.config import Config, load_config
 from nearline.registry import Registry, check_package
-from nearline.store import DELETED_FIELD, VERSION_FIELD, RedisEmbeddingStore
+from nearline.store import DELETED_FIELD, META_FIELDS, VERSION_FIELD, RedisEmbeddingStore
 
 
 def decode_vector(b: bytes) -> np.ndarray:
@@ -44,12 +44,12 @@ class EmbeddingClient:
     # ---- Redis --------------------------------------------------------------------------------
     def get(self, entity_type: str, entity_id: str) -> dict[str, np.ndarray]:
         raw = self.store.get(entity_type, entity_id)
-        return {k: decode_vector(v) for k, v in raw.items() if k not in (VERSION_FIELD, DELETED_FIELD)}
+        return {k: decode_vector(v) for k, v in raw.items() if k not in META_FIELDS}
 
     def get_with_version(self, entity_type: str, entity_id: str) -> tuple[int | None, bool, dict[str, np.ndarray]]:
         raw = self.store.get(entity_type, entity_id)
         v = int(raw[VERSION_FIELD]) if VERSION_FIELD in raw else None
-        return v, DELETED_FIELD in raw, {k: decode_vector(x) for k, x in raw.items() if k not in (VERSION_FIELD, DELETED_FIELD)}
+        return v, DELETED_FIELD in raw, {k: decode_vector(x) for k, x in raw.items() if k not in META_FIELDS}
 
     # ---- topic subscription with a local cache -----------------------------------------------
     def apply(self, rec: dict) -> None:

@@ -84,6 +84,10 @@ class JoinConfig:
     timeout_policy: str = "partial"
     """'partial': score with the manifests' declared defaults for missing features and flag the
     embedding partial; 'dead_letter': send the incomplete update to the dead-letter topic."""
+    replay_timeout_s: float = 10.0
+    """Timeout of a join made only of messages a previous run had read (after a restart). Such a join
+    may be a version already processed whose other messages were committed; it is released if Redis has
+    that version, else dead-lettered, and never scored with defaults."""
     max_pending: int = 200_000
     """Upper bound on pending joins per job; beyond it the oldest are timed out early (state stays bounded)."""
 

@@ -25,9 +25,17 @@ def same_vector(stored: bytes | None, new: bytes, tolerance: float) -> bool:
 
 
 def decide(stored_version: int | None, stored: dict[str, bytes | None], version: int,
-           new: dict[str, bytes], tolerance: float = 0.0) -> DedupeDecision:
-    """An older update version never overwrites a newer one; an unchanged embedding is not written."""
+           new: dict[str, bytes], tolerance: float = 0.0, *, partial: bool = False,
+           stored_partial: bool = False) -> DedupeDecision:
+    """An older update version never overwrites a newer one; an unchanged embedding is not written.
+
+    A *partial* result (join timed out, defaults filled in) replaces only a strictly older version or a
+    partial one: after a restart an already-written version can be re-read only in part (offsets are
+    committed per partition), and its timed-out remainder must not overwrite the complete embedding.
+    """
     if stored_version is not None and version < stored_version:
+        return DedupeDecision({}, 0, True)
+    if partial and stored_version is not None and version == stored_version and not stored_partial:
         return DedupeDecision({}, 0, True)
     changed = {k: v for k, v in new.items() if not same_vector(stored.get(k), v, tolerance)}
     return DedupeDecision(changed, len(new) - len(changed), False)

@@ -37,6 +37,7 @@ class RawRef:
     offset: int
     key: bytes | None
     value: bytes
+    replayed: bool = False  # read before, by a previous run of the job (offset <= its last read offset)
 
     @property
     def source(self) -> Source:
@@ -56,6 +57,7 @@ class Pending:
     sources: list[Source] = field(default_factory=list)
     first_raw: RawRef | None = None
     last_produced_ms: int = 0                             # newest standardizer output (latency metric)
+    replayed_only: bool = True                            # every message so far was read by a previous run
 
 
 @dataclass
@@ -90,30 +92,48 @@ class Released:
 
 
 @dataclass
+class ReplayTimeout:
+    """A join made only of messages a previous run had read timed out. After a restart, offsets are
+    committed per partition, so a version already processed can be re-read in part and never complete.
+    It must not be scored with defaults; the caller checks whether the version is already written
+    (release) or not (dead-letter with the reason)."""
+
+    key: str
+    entity_type: str
+    entity_id: str
+    version: int
+    missing: list[str]
+    raw: RawRef
+    sources: list[Source]
+
+
+@dataclass
 class JoinDeadLetter:
     raw: RawRef
     error: str
     sources: list[Source]
 
 
-Output = Joined | Deleted | Released | JoinDeadLetter
+Output = Joined | Deleted | Released | JoinDeadLetter | ReplayTimeout
 
 
 class StandardizationJoin:
     def __init__(self, required: dict[str, set[str]], *, timeout_s: float = 30.0, policy: str = "partial",
                  max_pending: int = 200_000, remember_completed: int = 100_000,
-                 clock: Callable[[], float] = time.time):
+                 replay_timeout_s: float = 10.0, clock: Callable[[], float] = time.time):
         if policy not in ("partial", "dead_letter"):
             raise ValueError(f"policy must be partial or dead_letter, not {policy!r}")
         self.required = {k: set(v) for k, v in required.items()}
         self.timeout_s, self.policy, self.max_pending = timeout_s, policy, max_pending
+        self.replay_timeout_s = min(replay_timeout_s, timeout_s)
         self.clock = clock
+        self.saw_replayed = False
         self.now_override: float | None = None  # set per batch: time comes with the input (deterministic replay)
         self.pending: "OrderedDict[str, Pending]" = OrderedDict()  # insertion order = age order
         self.completed: "OrderedDict[str, int]" = OrderedDict()    # key -> last completed version (LRU)
         self.remember_completed = remember_completed
         self.counters = {"joins_completed": 0, "joins_partial": 0, "joins_superseded": 0, "joins_timed_out_dead_letter": 0,
-                         "duplicates": 0, "stale": 0, "deletes": 0}
+                         "duplicates": 0, "stale": 0, "deletes": 0, "replay_timeouts": 0}
 
     def set_required(self, required: dict[str, set[str]]) -> list[Output]:
         """The registered models changed: pending joins may now be complete."""
@@ -135,6 +155,7 @@ class StandardizationJoin:
             return out + [Released("duplicate", [raw.source])]
         entry.op = upd["op"]
         entry.sources.append(raw.source)
+        entry.replayed_only &= raw.replayed
         if entry.first_raw is None or entry.first_raw.topic != raw.topic:
             entry.first_raw = raw  # prefer the EntityUpdate's bytes for a dead letter
         if entry.op == "DELETE":
@@ -158,6 +179,7 @@ class StandardizationJoin:
         entry.processors.add(proc)
         entry.features.update(feats["features"])
         entry.sources.append(raw.source)
+        entry.replayed_only &= raw.replayed
         entry.last_produced_ms = max(entry.last_produced_ms, int(feats.get("produced_at") or 0))
         return out + self._maybe_complete(entry)
 
@@ -168,10 +190,20 @@ class StandardizationJoin:
         while self.pending:
             key, entry = next(iter(self.pending.items()))
             overfull = len(self.pending) > self.max_pending
-            if not overfull and now - entry.first_seen < self.timeout_s:
+            if not overfull and now - entry.first_seen < self.replay_timeout_s:
                 break
-            del self.pending[key]
-            out.append(self._timeout(entry, now))
+            if overfull or now - entry.first_seen >= (self.replay_timeout_s if entry.replayed_only else self.timeout_s):
+                del self.pending[key]
+                out.append(self._timeout(entry, now))
+                continue
+            # the oldest is a live join within its timeout; replayed-only joins behind it may be due
+            # (they exist only for a while after a restart: skip the scan otherwise)
+            if self.saw_replayed:
+                due = [k for k, e in self.pending.items() if e.replayed_only and now - e.first_seen >= self.replay_timeout_s]
+                for k in due:
+                    out.append(self._timeout(self.pending.pop(k), now))
+                self.saw_replayed = any(e.replayed_only for e in self.pending.values())
+            break
         return out
 
     # ---- internals ---------------------------------------------------------------------------
@@ -198,6 +230,7 @@ class StandardizationJoin:
         if entry is None:
             entry = Pending(key, etype, eid, version, self._now(), first_raw=raw)
             self.pending[key] = entry
+            self.saw_replayed |= raw.replayed
         return entry
 
     def _missing(self, entry: Pending) -> list[str]:
@@ -219,6 +252,10 @@ class StandardizationJoin:
     def _timeout(self, entry: Pending, now: float) -> Output:
         missing = self._missing(entry)
         self._remember(entry.key, entry.version)
+        if entry.replayed_only:
+            self.counters["replay_timeouts"] += 1
+            return ReplayTimeout(entry.key, entry.entity_type, entry.entity_id, entry.version, missing,
+                                 entry.first_raw, entry.sources)
         if self.policy == "partial" and entry.op != "DELETE":
             self.counters["joins_partial"] += 1
             return Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, entry.features, True,

@@ -20,6 +20,8 @@ COUNTERS = {
     "joins_superseded": "pending joins superseded by a newer update version (not scored)",
     "joins_timed_out_dead_letter": "joins that timed out and were dead-lettered",
     "duplicates": "duplicate input messages ignored by the join",
+    "replay_timeouts": "joins of messages re-read after a restart that did not complete",
+    "replays_released": "of those, versions already written before the restart (released)",
     "stale": "input messages older than the version already joined",
     "deletes": "entity deletes applied",
     "embeddings_computed": "embeddings computed (entity x model version)",

@@ -34,6 +34,10 @@ class OffsetTracker:
         if offset > self._high.get(tp, -1):
             self._high[tp] = offset
 
+    def high(self, tp: Hashable) -> int:
+        """Highest offset read in the partition (-1 if none)."""
+        return self._high.get(tp, -1)
+
     def pending_count(self) -> int:
         return sum(len(s) for s in self._pending.values())
 

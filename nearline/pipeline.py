@@ -25,7 +25,7 @@ import numpy as np
 from nearline.codec import Codec, CodecError
 from nearline.config import Config
 from nearline.dedupe import decide
-from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, StandardizationJoin
+from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, ReplayTimeout, StandardizationJoin
 from nearline.metrics import METRICS, Metrics
 from nearline.offsets import OffsetTracker
 
@@ -39,6 +39,7 @@ class KafkaRecord:
     offset: int
     key: bytes | None
     value: bytes
+    replayed: bool = False  # at or below the highest offset a previous run had read (nearline.store.ReadMarks)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class WorkBatch:
     deleted: list[Deleted] = field(default_factory=list)
     dead_letters: list[DeadLetterOut] = field(default_factory=list)
     embeddings: list[dict[str, bytes]] = field(default_factory=list)  # aligned with joined
+    replay_timeouts: list[ReplayTimeout] = field(default_factory=list)
     commit: dict[tuple[str, int], int] = field(default_factory=dict)
     n_read: int = 0
 
@@ -85,7 +87,8 @@ class JoinStage:
     def new_state(self, required: dict[str, set[str]]) -> PartitionGroupState:
         j = self.cfg.join
         return PartitionGroupState(StandardizationJoin(required, timeout_s=j.timeout_s, policy=j.timeout_policy,
-                                                       max_pending=j.max_pending), OffsetTracker())
+                                                       max_pending=j.max_pending, replay_timeout_s=j.replay_timeout_s),
+                                   OffsetTracker())
 
     def run(self, state: PartitionGroupState, group, batch: RecordBatch,
             required: dict[str, set[str]] | None = None) -> WorkBatch:
@@ -96,9 +99,11 @@ class JoinStage:
         before = dict(join.counters)
         outputs = []
         if required is not None and required != join.required:
+            log.info("group %s: joins now wait for %s (was %s)", group,
+                     {t: sorted(p) for t, p in required.items()}, {t: sorted(p) for t, p in join.required.items()})
             outputs += join.set_required(required)
         for rec in records:
-            raw = RawRef(rec.topic, rec.partition, rec.offset, rec.key, rec.value)
+            raw = RawRef(rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.replayed)
             tracker.read((rec.topic, rec.partition), rec.offset)
             is_update = rec.topic == self.updates_topic
             try:
@@ -120,6 +125,8 @@ class JoinStage:
                 wb.deleted.append(o)
             elif isinstance(o, JoinDeadLetter):
                 wb.dead_letters.append(DeadLetterOut(o.raw, "nearline.join", o.error))
+            elif isinstance(o, ReplayTimeout):
+                wb.replay_timeouts.append(o)
             # Released: consumed, nothing to write
             for (tp, off) in o.sources:
                 tracker.done(tp, off)
@@ -175,14 +182,15 @@ class PublishStage:
 
     def run(self, wb: WorkBatch) -> WorkBatch:
         tol = self.cfg.dedupe.tolerance
+        self._resolve_replay_timeouts(wb)
         ents = [(j.entity_type, j.entity_id) for j in wb.joined] + [(d.entity_type, d.entity_id) for d in wb.deleted]
         fields = [sorted(e) for e in wb.embeddings] + [[] for _ in wb.deleted]
         stored = self.store.read(ents, fields)
         now_ms = int(time.time() * 1000)
         upserts, deletes, sends, latencies = [], [], [], []
         n_dedup = n_written = n_stale = 0
-        for j, emb, (sv, sf) in zip(wb.joined, wb.embeddings, stored):
-            d = decide(sv, sf, j.version, emb, tol)
+        for j, emb, (sv, sp, sf) in zip(wb.joined, wb.embeddings, stored):
+            d = decide(sv, sf, j.version, emb, tol, partial=j.partial, stored_partial=sp)
             if d.stale:
                 n_stale += len(emb)
                 continue
@@ -190,7 +198,7 @@ class PublishStage:
             if not d.changed:
                 continue
             n_written += len(d.changed)
-            upserts.append((j.entity_type, j.entity_id, j.version, d.changed))
+            upserts.append((j.entity_type, j.entity_id, j.version, d.changed, j.partial))
             entries = []
             for k in sorted(d.changed):
                 name, _, ver = k.partition("@")
@@ -201,7 +209,7 @@ class PublishStage:
             sends.append((self.cfg.topics.embeddings, j.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
             if j.last_produced_ms:
                 latencies.append(now_ms - j.last_produced_ms)
-        for dl, (sv, _) in zip(wb.deleted, stored[len(wb.joined):]):
+        for dl, (sv, _, _) in zip(wb.deleted, stored[len(wb.joined):]):
             if sv is not None and dl.version < sv:
                 n_stale += 1
                 continue
@@ -228,6 +236,24 @@ class PublishStage:
         m.inc("redis_retries", self.store.retries - retries_before)
         m.observe_latency(latencies)
         return wb
+
+    def _resolve_replay_timeouts(self, wb: WorkBatch) -> None:
+        """A timed-out join of replayed messages: released if its version is already written, else
+        dead-lettered (it may have been processed with no write, e.g. an unchanged embedding; or its
+        standardizers may be down): never scored with defaults over a complete embedding."""
+        if not wb.replay_timeouts:
+            return
+        versions = self.store.written_versions([(r.entity_type, r.entity_id) for r in wb.replay_timeouts])
+        released = 0
+        for r, (sv, sp) in zip(wb.replay_timeouts, versions):
+            if sv is not None and (sv > r.version or (sv == r.version and not sp)):
+                released += 1
+                continue
+            wb.dead_letters.append(DeadLetterOut(r.raw, "nearline.join", (
+                f"join of {r.key} version {r.version} re-read after a restart did not complete within "
+                f"join.replay_timeout_s (missing: {', '.join(r.missing)}); Redis holds version {sv}. Either it was "
+                f"processed before the restart without a write (unchanged embedding) or its standardizers are down")))
+        self.metrics.inc("replays_released", released)
 
     def _send_all(self, sends) -> None:
         if not sends:

@@ -29,6 +29,7 @@ def _check_live_and_deleted(h: Harness, must_have: dict[str, set[str]]):
         if fields is None:
             assert not vecs, f"deleted {key} still has embeddings {sorted(vecs)}"
             continue
+        assert "_partial" not in stored, f"{key} holds a partial embedding"
         need = must_have[key.split(":")[0]]
         assert need <= set(vecs), f"{key} lacks {need - set(vecs)}"
         for model, v in vecs.items():
@@ -36,7 +37,8 @@ def _check_live_and_deleted(h: Harness, must_have: dict[str, set[str]]):
                 history = [(e.kind, e.record["version"]) for e in h.events if e.key == key]
                 pub = sorted(m["version"] for m in h.topic_records(h.cfg.topics.embeddings)
                              if f"{m['entity_type']}:{m['entity_id']}" == key)
-                raise AssertionError(f"{key} {model}: stored version {stored.get('_v')} differs from onnxruntime on "
+                joblog = "\n".join(l for l in h.job_log().splitlines() if "wait" in l or "REFUSED" in l or "registered" in l)
+                raise AssertionError(f"{joblog}\n{key} {model}: stored version {stored.get('_v')} differs from onnxruntime on "
                                      f"its final features; events {history}; published versions {pub}; "
                                      f"max diff {np.abs(v - expected[key][model]).max():.3g}")
             n_compared += 1

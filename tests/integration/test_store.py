@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from nearline.services import free_port
-from nearline.store import RedisEmbeddingStore
+from nearline.store import ReadMarks, RedisEmbeddingStore
 
 pytestmark = pytest.mark.integration
 
@@ -22,8 +22,8 @@ def test_version_guarded_writes_and_tombstones(redis_url, unique):
     assert s.write([("job", "1", 5, {"m@v1": vec(1, 2)})], []) == [True]
     assert s.write([("job", "1", 4, {"m@v1": vec(9, 9)})], []) == [False]  # older never overwrites newer
     assert s.get("job", "1") == {"_v": b"5", "m@v1": vec(1, 2)}
-    [(v, f)] = s.read([("job", "1")], [["m@v1", "m@v2"]])
-    assert v == 5 and f == {"m@v1": vec(1, 2), "m@v2": None}
+    [(v, partial, f)] = s.read([("job", "1")], [["m@v1", "m@v2"]])
+    assert v == 5 and not partial and f == {"m@v1": vec(1, 2), "m@v2": None}
     assert s.write([], [("job", "1", 6)]) == [True]
     assert s.get("job", "1") == {"_v": b"6", "_deleted": b"1"}
     assert s.write([("job", "1", 5, {"m@v1": vec(1, 2)})], []) == [False]  # no resurrection by a late upsert
@@ -33,6 +33,16 @@ def test_version_guarded_writes_and_tombstones(redis_url, unique):
     big = time.time_ns() // 1000
     assert s.write([("job", "2", big, {"m@v1": vec(1)})], []) == [True]
     assert s.write([("job", "2", big - 1, {"m@v1": vec(2)})], []) == [False]
+
+
+def test_partial_writes_are_strict_and_flagged(redis_url, unique):
+    s = RedisEmbeddingStore(redis_url, f"p-{unique}")
+    assert s.write([("job", "1", 5, {"m@v1": vec(1)})], []) == [True]
+    assert s.write([("job", "1", 5, {"m@v1": vec(0)}, True)], []) == [False]  # partial over complete, same version
+    assert s.write([("job", "1", 6, {"m@v1": vec(0)}, True)], []) == [True]   # partial of a newer version
+    assert s.written_versions([("job", "1")]) == [(6, True)]
+    assert s.write([("job", "1", 6, {"m@v1": vec(2)})], []) == [True]         # the complete join upgrades it
+    assert s.written_versions([("job", "1")]) == [(6, False)]
 
 
 def test_dead_redis_is_retried_not_crashed(tmp_path):
@@ -63,3 +73,11 @@ def test_dead_redis_is_retried_not_crashed(tmp_path):
     finally:
         proc.terminate()
         proc.wait()
+
+
+def test_read_marks_roundtrip(redis_url, unique):
+    marks = ReadMarks(RedisEmbeddingStore(redis_url, f"rm-{unique}"), "g1")
+    assert marks.load() == {}
+    marks.save({("entity-updates", 0): 41, ("standardized.geo", 3): 7})
+    marks.save({("entity-updates", 0): 42})
+    assert marks.load() == {("entity-updates", 0): 42, ("standardized.geo", 3): 7}

@@ -23,3 +23,11 @@ def test_older_version_never_overwrites_newer():
     d = decide(9, {"m@v1": vec(1, 2)}, 8, {"m@v1": vec(7, 7)})
     assert d.stale and not d.changed
     assert decide(None, {}, 1, {"m@v1": vec(1)}).changed  # nothing stored: write
+
+
+def test_partial_never_replaces_a_complete_embedding_of_the_same_version():
+    stored = {"m@v1": vec(1, 2)}
+    assert decide(5, stored, 5, {"m@v1": vec(0, 0)}, partial=True).stale
+    assert decide(5, stored, 5, {"m@v1": vec(0, 0)}, partial=True, stored_partial=True).changed
+    assert decide(4, stored, 5, {"m@v1": vec(0, 0)}, partial=True).changed  # newer version: written, flagged
+    assert decide(5, stored, 5, {"m@v1": vec(3, 3)}, stored_partial=True).changed  # complete upgrades partial

@@ -125,3 +125,34 @@ def test_registering_a_model_changes_what_is_required():
 def test_entity_type_without_models_completes_on_its_update():
     j = StandardizationJoin({}, clock=Clock())
     assert len(joined(feed(j, [("u", upd("x", 1, etype="job"))]))) == 1
+
+
+def replayed(msg_raw):
+    msg, r = msg_raw
+    r.replayed = True
+    return msg, r
+
+
+def test_a_partially_replayed_version_is_never_scored_with_defaults():
+    from nearline.join import ReplayTimeout
+
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=30, replay_timeout_s=5, policy="partial", clock=clock)
+    # after a restart only part of an already-processed version is re-read
+    feed(j, [("u", replayed(upd("m1", 1))), ("f", replayed(feat("m1", 1, "title")))])
+    # a live join behind it, with its full timeout
+    feed(j, [("u", upd("m2", 1))])
+    clock.t += 6
+    out = j.on_tick()
+    assert len(out) == 1 and isinstance(out[0], ReplayTimeout) and out[0].missing == ["skills"]
+    assert list(j.pending) == ["member:m2"]  # the live join keeps waiting
+    clock.t += 30
+    [partial] = j.on_tick()
+    assert isinstance(partial, Joined) and partial.partial and partial.key == "member:m2"
+
+
+def test_a_replayed_join_that_gets_live_messages_completes_normally():
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=30, replay_timeout_s=5, clock=clock)
+    out = feed(j, [("u", replayed(upd("m1", 1))), ("f", feat("m1", 1, "title")), ("f", feat("m1", 1, "skills"))])
+    assert len(joined(out)) == 1
