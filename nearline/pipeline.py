@@ -183,13 +183,21 @@ class PublishStage:
     def run(self, wb: WorkBatch) -> WorkBatch:
         tol = self.cfg.dedupe.tolerance
         self._resolve_replay_timeouts(wb)
-        ents = [(j.entity_type, j.entity_id) for j in wb.joined] + [(d.entity_type, d.entity_id) for d in wb.deleted]
-        fields = [sorted(e) for e in wb.embeddings] + [[] for _ in wb.deleted]
-        stored = self.store.read(ents, fields)
+        # one Redis read per distinct entity; several versions of one entity can complete in the same
+        # batch, so decisions are applied to this in-batch view and each version is compared with the
+        # one before it, not with what Redis held before the batch
+        keys = list(dict.fromkeys([(j.entity_type, j.entity_id) for j in wb.joined] +
+                                  [(d.entity_type, d.entity_id) for d in wb.deleted]))
+        fields: dict[tuple[str, str], set[str]] = {k: set() for k in keys}
+        for j, emb in zip(wb.joined, wb.embeddings):
+            fields[(j.entity_type, j.entity_id)].update(emb)
+        view = {k: [sv, sp, sf] for k, (sv, sp, sf) in zip(keys, self.store.read(keys, [sorted(fields[k]) for k in keys]))}
         now_ms = int(time.time() * 1000)
         upserts, deletes, sends, latencies = [], [], [], []
         n_dedup = n_written = n_stale = 0
-        for j, emb, (sv, sp, sf) in zip(wb.joined, wb.embeddings, stored):
+        for j, emb in zip(wb.joined, wb.embeddings):
+            cur = view[(j.entity_type, j.entity_id)]
+            sv, sp, sf = cur
             d = decide(sv, sf, j.version, emb, tol, partial=j.partial, stored_partial=sp)
             if d.stale:
                 n_stale += len(emb)
@@ -197,6 +205,8 @@ class PublishStage:
             n_dedup += d.unchanged
             if not d.changed:
                 continue
+            cur[0], cur[1] = j.version, j.partial
+            cur[2] = {**sf, **d.changed}
             n_written += len(d.changed)
             upserts.append((j.entity_type, j.entity_id, j.version, d.changed, j.partial))
             entries = []
@@ -209,10 +219,12 @@ class PublishStage:
             sends.append((self.cfg.topics.embeddings, j.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
             if j.last_produced_ms:
                 latencies.append(now_ms - j.last_produced_ms)
-        for dl, (sv, _, _) in zip(wb.deleted, stored[len(wb.joined):]):
-            if sv is not None and dl.version < sv:
+        for dl in wb.deleted:
+            cur = view[(dl.entity_type, dl.entity_id)]
+            if cur[0] is not None and dl.version < cur[0]:
                 n_stale += 1
                 continue
+            cur[0], cur[1], cur[2] = dl.version, False, {}
             deletes.append((dl.entity_type, dl.entity_id, dl.version))
             rec = {"entity_type": dl.entity_type, "entity_id": dl.entity_id, "version": dl.version,
                    "deleted": True, "partial": False, "embeddings": []}
