@@ -80,6 +80,10 @@ class TrainConfig:
     """Registered model name of each exported tower."""
     max_rows_per_task: int | None = None
     """Cap on rows per task (quick runs, tests)."""
+    vocab_subsets: list[dict] = field(default_factory=list)
+    """High-cardinality features to subset, e.g. [{feature: company, dataset: view, n: 100}]: the n member
+    values and n job values that keep the most interactions (greedy densest subgraph, models/vocab.py);
+    the rest map to OOV."""
 
     @classmethod
     def from_yaml(cls, path: Path) -> "TrainConfig":
@@ -161,6 +165,33 @@ def prepare_tasks(cfg: TrainConfig, frames: dict[str, pd.DataFrame], tables: dic
         present = {side: set((t.features or {}).get(side, tables[side].specs.keys())) for side in SIDES}
         out.append(TaskData(t.name, train.reset_index(drop=True), val.reset_index(drop=True), present))
     return out
+
+
+def apply_vocab_subsets(cfg: TrainConfig, tables: dict[str, EntityTable], frames: dict[str, pd.DataFrame],
+                        schema: dict[str, dict[str, FeatureSpec]]) -> dict:
+    """Restrict the configured features to their densest co-occurring values; returns a coverage report."""
+    from models.vocab import cooccurrence, coverage_curve, greedy_densest_subset, top_k_coverage
+
+    report = {}
+    for sub in cfg.vocab_subsets:
+        feat, n = sub["feature"], int(sub["n"])
+        df = frames[sub.get("dataset", cfg.tasks[0].dataset)].dropna(subset=["member_idx", "job_idx"])
+        if sub.get("positives_only"):
+            df = df[df.label == 1]
+        mv = tables["member"].features[feat][df.member_idx.astype(int).to_numpy(), 0]
+        jv = tables["job"].features[feat][df.job_idx.astype(int).to_numpy(), 0]
+        edges = cooccurrence(mv, jv)
+        chosen = greedy_densest_subset(edges, n, n)
+        for side, ids in (("member", chosen.member_ids), ("job", chosen.job_ids)):
+            spec = schema[side][feat]
+            schema[side][feat] = FeatureSpec(**{**spec.__dict__, "kept_ids": tuple(int(i) for i in ids),
+                                                "vocab_size": len(ids) + 2})
+        distinct = max(len({a for a, _ in edges}), len({b for _, b in edges}))
+        ns = sorted({k for k in (5, 10, 25, 50, 100, 200, 500, n, distinct) if k <= distinct})
+        report[feat] = {"n": n, "covered": chosen.covered, "distinct_values": distinct,
+                        "curve": [{"n": k, "densest": c, "top_frequent": top_k_coverage(edges, k)}
+                                  for k, c in coverage_curve(edges, ns)]}
+    return report
 
 
 class FeatureStore:
@@ -296,6 +327,7 @@ class TrainResult:
     seconds_per_epoch: float
     tasks: list[TaskData]
     store: FeatureStore
+    vocab_report: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -305,6 +337,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.tasks = prepare_tasks(cfg, frames, tables)
         self.schema = unified_schema(tables, cfg)
+        self.vocab_report = apply_vocab_subsets(cfg, tables, frames, self.schema)
         self.store = FeatureStore(tables, self.schema)
         self.model = MultitaskModel(cfg, self.schema)
         self.tcfg = {t.name: t for t in cfg.tasks}
@@ -435,7 +468,7 @@ class Trainer:
             model.load_state_dict(best_state)
         model.eval()
         return TrainResult(model, self.schema, history, best, model.sharing_report(),
-                           float(np.mean(epoch_times)), self.tasks, self.store)
+                           float(np.mean(epoch_times)), self.tasks, self.store, self.vocab_report)
 
 
 def load_source(cfg: TrainConfig):

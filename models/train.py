@@ -26,6 +26,9 @@ def run_training(config_path: Path, out_dir: Path | None = None, version: str | 
     if progress:
         for name, info in trainer.model.sharing_report().items():
             print(f"module {name:16s} {'SHARED by ' + ','.join(info['tasks']) if info['shared'] else 'task-specific (' + info['tasks'][0] + ')'}")
+    for feat, rep in trainer.vocab_report.items():
+        print(f"vocabulary of {feat}: kept {rep['n']} of {rep['distinct_values']} values per side, covering "
+              f"{rep['covered']:.1%} of interactions; " + ", ".join(f"n={c['n']}: {c['densest']:.1%}" for c in rep["curve"]))
     res = trainer.fit()
     plots = plot_history(res.history, [t.name for t in cfg.tasks], out_dir)
 
@@ -64,6 +67,6 @@ def run_training(config_path: Path, out_dir: Path | None = None, version: str | 
                "parameters": sum(p.numel() for p in res.model.parameters()),
                "onnx_bytes": {k: (v / "tower.onnx").stat().st_size for k, v in pkgs.items()},
                "parity_max_abs_diff": max_diff, "plots": [str(p) for p in plots],
-               "total_seconds": time.perf_counter() - t0, "history": res.history}
+               "total_seconds": time.perf_counter() - t0, "history": res.history, "vocab_subsets": res.vocab_report}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
