@@ -66,6 +66,8 @@ class TrainConfig:
     """Joint mode: 'fixed' (loss_weight per task) or 'uncertainty' (learned, Kendall et al. 2018)."""
     shared_lr: float = 3e-3
     """Joint mode: learning rate of the shared modules (task-specific ones use their task's lr)."""
+    weight_decay: float = 0.0
+    """L2 penalty (Adam weight_decay) on every parameter."""
     epochs: int = 10
     patience: int = 3
     """Early stopping: epochs without a better mean validation AUC."""
@@ -367,9 +369,10 @@ class Trainer:
                 groups.append({"params": list(model.modules_by_name[name].parameters()), "lr": lr})
             if cfg.weighting == "uncertainty":
                 groups.append({"params": list(model.log_vars.parameters()), "lr": cfg.shared_lr})
-            return {"*": torch.optim.Adam(groups)}
+            return {"*": torch.optim.Adam(groups, weight_decay=cfg.weight_decay)}
         # iterative: every task its own optimizer over the modules it uses, at its own learning rate
-        return {t.name: torch.optim.Adam(model.params_of(model.task_modules[t.name].values()), lr=t.lr)
+        return {t.name: torch.optim.Adam(model.params_of(model.task_modules[t.name].values()), lr=t.lr,
+                                         weight_decay=cfg.weight_decay)
                 for t in cfg.tasks}
 
     @torch.no_grad()

@@ -1,0 +1,102 @@
+"""Consumers of the embeddings: the Python client (Redis, topic subscription with a cache, Hadamard
+scoring), `nearline get`, `nearline tail`, and the Prometheus endpoint."""
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import yaml
+
+from nearline import REPO_ROOT, kafka_io
+from nearline.client import EmbeddingClient
+from nearline.join import Deleted, Joined
+from nearline.metrics import Metrics, serve
+from nearline.pipeline import PublishStage, WorkBatch
+from nearline.services import free_port
+from nearline.store import RedisEmbeddingStore
+from tests.conftest import isolated_config
+
+pytestmark = pytest.mark.integration
+
+
+def joined(etype, eid, version):
+    return Joined(f"{etype}:{eid}", etype, eid, version, {}, False, [], [], 0.0)
+
+
+@pytest.fixture
+def published(noida_bootstrap, redis_url, unique, tmp_path):
+    cfg = isolated_config(noida_bootstrap, redis_url, unique)
+    cfg.models.registry = str(REPO_ROOT / "models/registry.yaml")
+    kafka_io.ensure_topics(noida_bootstrap, cfg.all_topics(), 4)
+    prod = kafka_io.make_producer(noida_bootstrap)
+    stage = PublishStage(cfg, RedisEmbeddingStore(redis_url, cfg.redis.key_prefix), prod)
+    rng = np.random.default_rng(0)
+    vecs = {"m1": rng.normal(size=32).astype("<f4"), "j1": rng.normal(size=32).astype("<f4"),
+            "j2": rng.normal(size=32).astype("<f4")}
+    stage.run(WorkBatch(0, joined=[joined("member", "m1", 1), joined("job", "j1", 1), joined("job", "j2", 1)],
+                        embeddings=[{"member_pyramid@v1": vecs["m1"].tobytes()}, {"job_pyramid@v1": vecs["j1"].tobytes()},
+                                    {"job_pyramid@v1": vecs["j2"].tobytes()}]))
+    stage.run(WorkBatch(0, deleted=[Deleted("job:j2", "job", "j2", 2, [])]))
+    prod.close()
+    conf = tmp_path / "nearline.yaml"
+    t = cfg.topics
+    conf.write_text(yaml.safe_dump({
+        "topics": {"entity_updates": t.entity_updates, "standardized_prefix": t.standardized_prefix,
+                   "embeddings": t.embeddings, "dead_letter": t.dead_letter},
+        "kafka": {"bootstrap": noida_bootstrap}, "redis": {"url": redis_url, "key_prefix": cfg.redis.key_prefix},
+        "models": {"registry": str(REPO_ROOT / "models/registry.yaml")}}))
+    return cfg, conf, vecs
+
+
+def test_client_get_subscribe_and_score(published):
+    cfg, conf, vecs = published
+    client = EmbeddingClient.from_config(conf)
+    assert np.array_equal(client.get("member", "m1")["member_pyramid@v1"], vecs["m1"])
+    assert client.get("job", "j2") == {}  # deleted
+    client.subscribe()
+    try:
+        deadline = time.monotonic() + 20
+        while not (client.cached("job", "j1") and ("job", "j2") in client.cache) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert np.array_equal(client.cached("job", "j1")["job_pyramid@v1"], vecs["j1"])
+        assert client.cache[("job", "j2")]["deleted"] and client.cached("job", "j2") == {}
+    finally:
+        client.close()
+    w, b = client.head("member_pyramid@v1", "apply")
+    s = client.score("member_pyramid@v1", "job_pyramid@v1", "m1", ["j1", "j2", "nope"], task="apply")
+    expected = 1 / (1 + np.exp(-(np.dot(w, vecs["m1"] * vecs["j1"]) + b)))
+    assert s[0] == pytest.approx(expected, rel=1e-5) and np.isnan(s[1]) and np.isnan(s[2])
+
+
+def test_cli_get_and_tail(published):
+    cfg, conf, vecs = published
+    run = [sys.executable, "-m", "nearline.cli", "--config", str(conf)]
+    out = subprocess.run(run + ["get", "member", "m1"], capture_output=True, text=True, timeout=60)
+    rec = json.loads(out.stdout)
+    assert out.returncode == 0 and rec["version"] == 1
+    assert np.allclose(rec["embeddings"]["member_pyramid@v1"], vecs["m1"], atol=1e-5)
+    assert subprocess.run(run + ["get", "job", "missing"], capture_output=True, timeout=60).returncode == 1
+    out = subprocess.run(run + ["tail", "--from-beginning", "--max", "4"], capture_output=True, text=True, timeout=60)
+    recs = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(recs) == 4 and {r["entity_id"] for r in recs} == {"m1", "j1", "j2"}
+    assert any(r["deleted"] for r in recs)
+
+
+def test_prometheus_endpoint():
+    m = Metrics()
+    m.inc("events_read", 7)
+    m.set("partition_lag", 3, topic="t", partition=1)
+    m.observe_latency([1.0, 2.0, 50.0])
+    port = free_port()
+    server = serve(port, m)
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        server.shutdown()
+    assert "nearline_events_read_total 7" in text
+    assert 'nearline_partition_lag{partition="1",topic="t"} 3' in text
+    assert 'nearline_publish_latency_ms{quantile="0.5"} 2.000' in text
