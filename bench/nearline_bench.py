@@ -110,14 +110,8 @@ class Bench:
         os.killpg(p.pid, sig)
         p.wait(timeout=60)
 
-    def lag(self, group, topics) -> int:
-        c = kafka_io.make_consumer(self.cfg.kafka.bootstrap, group)
-        try:
-            tps = [TopicPartition(t, p) for t in topics for p in range(self.cfg.topics.partitions)]
-            ends = kafka_io.end_offsets(c, tps)
-            return sum(ends[tp] - (c.committed(tp) or 0) for tp in tps)
-        finally:
-            c.close(autocommit=False)
+    def lag(self, group: str, topics: list[str]) -> int:
+        return kafka_io.group_lag(self.cfg.kafka.bootstrap, group, topics, self.cfg.topics.partitions)
 
     def wait_zero_lag(self, group, topics, timeout=900, pid=None, rss=None) -> float:
         t0 = time.monotonic()

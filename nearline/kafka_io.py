@@ -102,3 +102,14 @@ def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition], attempts: in
                 raise
             time.sleep(0.1)
     return {}
+
+
+def group_lag(bootstrap: str, group: str, topics: list[str], partitions: int) -> int:
+    """Messages not yet committed by a consumer group over the given topics (end offset - committed)."""
+    c = make_consumer(bootstrap, group)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
+        ends = end_offsets(c, tps)
+        return sum(ends[tp] - (c.committed(tp) or 0) for tp in tps)
+    finally:
+        c.close(autocommit=False)

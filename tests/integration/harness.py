@@ -129,13 +129,7 @@ class Harness:
 
     # ---- progress -------------------------------------------------------------------------------
     def lag(self, group: str, topics: list[str]) -> int:
-        c = kafka_io.make_consumer(self.cfg.kafka.bootstrap, group)
-        try:
-            tps = [TopicPartition(t, p) for t in topics for p in range(self.cfg.topics.partitions)]
-            ends = kafka_io.end_offsets(c, tps)
-            return sum(ends[tp] - (c.committed(tp) or 0) for tp in tps)
-        finally:
-            c.close(autocommit=False)
+        return kafka_io.group_lag(self.cfg.kafka.bootstrap, group, topics, self.cfg.topics.partitions)
 
     def wait_caught_up(self, timeout: float = 180) -> None:
         """Until every standardizer and the job have committed everything there is to read."""
