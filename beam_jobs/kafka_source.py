@@ -62,10 +62,11 @@ class ReadPartitionGroups(beam.DoFn):
     """element: partition index p -> (p, RecordBatch) per poll."""
 
     def __init__(self, bootstrap: str, topics: list[str], group_id: str, redis_url: str, redis_prefix: str,
-                 max_poll_records: int = 1000, poll_timeout_ms: int = 100, groups: int = 1, lag_every_s: float = 5.0):
+                 max_poll_records: int = 1000, poll_timeout_ms: int = 100, groups: int = 1, lag_every_s: float = 5.0,
+                 drain_budget_ms: float = 30.0):
         self.bootstrap, self.topics, self.group_id = bootstrap, topics, group_id
         self.redis_url, self.redis_prefix = redis_url, redis_prefix
-        self.max_poll_records, self.lag_every_s = max_poll_records, lag_every_s
+        self.max_poll_records, self.lag_every_s, self.drain_budget_ms = max_poll_records, lag_every_s, drain_budget_ms
         self.poll_timeout_ms = max(1, poll_timeout_ms // max(1, groups))
 
     def setup(self):
@@ -120,6 +121,27 @@ class ReadPartitionGroups(beam.DoFn):
         except Exception as exc:  # lag is informational; never stop reading for it
             log.debug("lag query failed: %s", exc)
 
+    def _drain(self, c) -> dict:
+        """One batch: wait up to the (per-group) poll timeout for the first records, then keep taking what
+        is already fetched, without blocking, until max_poll_records or drain_budget_ms. Under load this
+        makes batches large enough to amortize the per-batch costs (runner round, state write, Kafka
+        flush, Redis round trips); when idle or lightly loaded the first empty non-blocking poll ends it."""
+        out: dict = {}
+        n = 0
+        deadline = time.monotonic() + self.drain_budget_ms / 1000
+        timeout = self.poll_timeout_ms
+        while n < self.max_poll_records:
+            got = c.poll(timeout_ms=timeout, max_records=self.max_poll_records - n)
+            if not got:
+                break
+            for tp, msgs in got.items():
+                out.setdefault(tp, []).extend(msgs)
+                n += len(msgs)
+            if time.monotonic() >= deadline:
+                break
+            timeout = 0
+        return out
+
     @beam.DoFn.unbounded_per_element()
     def process(self, p, tracker=beam.DoFn.RestrictionParam(_PollCounter())):
         pos = tracker.current_restriction().start
@@ -130,10 +152,11 @@ class ReadPartitionGroups(beam.DoFn):
             return
         c = self._consumer(p)
         t_poll = time.time()
-        polled = c.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+        polled = self._drain(c)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("group %d poll at %.3f took %.1f ms: %d records", p, t_poll, (time.time() - t_poll) * 1000,
                       sum(len(v) for v in polled.values()))
+        self._report_lag(p, c)
         until = self._replay_until[p]
         records = [KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value,
                                m.offset <= until.get((m.topic, m.partition), -1))

@@ -132,7 +132,8 @@ def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None
                    | "PartitionGroups" >> beam.Create(list(range(cfg.topics.partitions)))
                    | "ReadKafka" >> beam.ParDo(ReadPartitionGroups(
                        bootstrap, topics, cfg.kafka.consumer_group, redis_url, cfg.redis.key_prefix,
-                       cfg.job.max_poll_records, cfg.job.poll_timeout_ms, groups=cfg.topics.partitions)))
+                       cfg.job.max_poll_records, cfg.job.poll_timeout_ms, groups=cfg.topics.partitions,
+                       drain_budget_ms=cfg.job.drain_budget_ms)))
     batches = (records
                | "StandardizationJoin" >> beam.ParDo(StandardizationJoinFn(cfg))
                | "ScoreEmbeddings" >> beam.ParDo(ScoreEmbeddingsFn(cfg))

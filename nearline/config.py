@@ -112,6 +112,9 @@ class JobConfig:
     poll_timeout_ms: int = 60
     """How long an idle round of polls over all partition groups waits (split evenly between them); also
     the period of the join's timeout check when idle. Lower: less latency, more idle CPU."""
+    drain_budget_ms: float = 30.0
+    """Under load, a batch keeps taking already-fetched records for up to this long (bigger batches,
+    fewer per-batch costs); it never waits for new records beyond poll_timeout_ms."""
     ort_threads: int = 1
     """onnxruntime intra-op threads per session (one beats two on small machines)."""
     registry_poll_s: float = 2.0
