@@ -23,6 +23,26 @@ from models.multitask import Trainer, TrainConfig, load_source, plot_history
 
 ROOT = Path(__file__).resolve().parent.parent
 
+READING = """## Reading the numbers
+
+* Marketplace, sparse tasks: **apply** (10% positives among views) gains from sharing the towers with the
+  view task in every multitask mode (+0.028 to +0.030 AUC over single-task). **InMail accept** gains with
+  iterative training (+0.015) but loses a little with joint training (-0.008 to -0.013): joint batches
+  are dominated by the view task's gradients, while iterative training gives each task its own steps.
+  The dense view task is flat to slightly worse under multitask training.
+* All models remain well below the true-affinity ceiling on apply (0.68 vs 0.78): the towers see noisy
+  standardized text, not the generator's latents, and overfit after 2-4 epochs (see the curves).
+* MovieLens-100k: the two tasks share most of their signal and the user/movie features are coarse; the
+  multitask variants are within +-0.005 AUC of single-task on both tasks, i.e. no measurable gain here.
+* Vocabulary subsetting: on this generator the densest subgraph and "most frequent per side" cover the
+  same share (within 1 point even on apply positives): members' and jobs' companies and cities are drawn
+  independently, so the co-occurrence graph has no community structure for the peeling to exploit. On a
+  graph with communities the greedy peeling is within 10% of the brute-force optimum and at least as good
+  as frequency (tests/unit/models/test_vocab.py); its value on real data is not measured here.
+* Training time per epoch is for 2 CPU threads; joint runs do one step per task per batch, so their epochs
+  are longer than a single task's.
+"""
+
 
 def variants(cfg: TrainConfig) -> dict[str, TrainConfig]:
     out = {}
@@ -86,6 +106,31 @@ def table(name: str, rows: dict, tasks: list[str], ceiling: bool) -> str:
     return "\n".join(lines)
 
 
+def vocab_section(data_dir: Path) -> str:
+    """Coverage of interactions when company / geo vocabularies are cut to n values per side."""
+    from models.data import marketplace_source
+    from models.vocab import cooccurrence, greedy_densest_subset, top_k_coverage
+
+    tables, frames = marketplace_source(data_dir)
+    lines = ["## High-cardinality vocabularies", "",
+             "Share of view-task interactions whose member value and job value are both kept when each side",
+             "keeps at most n values: greedy densest subgraph (`models/vocab.py`) vs the n most frequent values",
+             "per side. Everything else maps to the OOV row. Set in a training config with",
+             "`vocab_subsets: [{feature: company, dataset: view, n: 100}]`.", ""]
+    for feat in ("company", "geo"):
+        df = frames["view"]
+        mv = tables["member"].features[feat][df.member_idx.to_numpy(), 0]
+        jv = tables["job"].features[feat][df.job_idx.to_numpy(), 0]
+        edges = cooccurrence(mv, jv)
+        distinct = max(len(set(mv.tolist())), len(set(jv.tolist())))
+        ns = [n for n in (3, 5, 10, 25, 50, 100, 200) if n < distinct] + [distinct]
+        lines += [f"**{feat}** ({distinct} distinct values per side at most)", "",
+                  "| n | " + " | ".join(str(n) for n in ns) + " |", "|---|" + "---|" * len(ns),
+                  "| densest subgraph | " + " | ".join(f"{greedy_densest_subset(edges, n, n).covered:.1%}" for n in ns) + " |",
+                  "| most frequent | " + " | ".join(f"{top_k_coverage(edges, n):.1%}" for n in ns) + " |", ""]
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small data and 2 epochs (a smoke run)")
@@ -143,6 +188,7 @@ def main():
                table("movielens", results["movielens"], ["rated", "liked"], False), "",
                "Learning curves of the joint multitask run: "
                + ", ".join(f"[{t}](plots/movielens_curves_{t}.png)" for t in ("rated", "liked")), ""]
+    md += [vocab_section(data), "", READING]
     (out / "results.md").write_text("\n".join(md))
     print("\n".join(md))
 
