@@ -27,8 +27,8 @@ READING = """## Reading the numbers
 
 * Marketplace, sparse tasks: **apply** (10% positives among views) gains from sharing the towers with the
   view task in every multitask mode (+0.028 to +0.030 AUC over single-task). **InMail accept** gains with
-  iterative training (+0.015) but loses a little with joint training (-0.008 to -0.013): joint batches
-  are dominated by the view task's gradients, while iterative training gives each task its own steps.
+  iterative training (+0.015) but loses a little with joint training (-0.008 to -0.013). A plausible,
+  untested reason: joint steps sum the task losses, and the view task dominates the shared gradient.
   The dense view task is flat to slightly worse under multitask training.
 * All models remain well below the true-affinity ceiling on apply (0.68 vs 0.78): the towers see noisy
   standardized text, not the generator's latents, and overfit after 2-4 epochs (see the curves).
