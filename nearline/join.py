@@ -135,6 +135,15 @@ class StandardizationJoin:
         self.counters = {"joins_completed": 0, "joins_partial": 0, "joins_superseded": 0, "joins_timed_out_dead_letter": 0,
                          "duplicates": 0, "stale": 0, "deletes": 0, "replay_timeouts": 0}
 
+    # The completed-versions LRU is a cache, not durable state: it is left out when the join is pickled
+    # into Beam state (pickling 50k entries cost 10 ms per batch) and the DoFn keeps it in memory. Losing
+    # it only means a late message of a completed version waits for its timeout before it is released;
+    # dedupe and ReplayTimeout keep it from ever overwriting a newer or complete embedding.
+    def __getstate__(self) -> dict:
+        d = self.__dict__.copy()
+        d["completed"] = OrderedDict()
+        return d
+
     def set_required(self, required: dict[str, set[str]]) -> list[Output]:
         """The registered models changed: pending joins may now be complete."""
         self.required = {k: set(v) for k, v in required.items()}

@@ -156,3 +156,15 @@ def test_a_replayed_join_that_gets_live_messages_completes_normally():
     j = StandardizationJoin(REQ, timeout_s=30, replay_timeout_s=5, clock=clock)
     out = feed(j, [("u", replayed(upd("m1", 1))), ("f", feat("m1", 1, "title")), ("f", feat("m1", 1, "skills"))])
     assert len(joined(out)) == 1
+
+
+def test_pickled_state_leaves_out_the_completed_cache():
+    import pickle
+
+    j = StandardizationJoin(REQ, clock=Clock())
+    feed(j, [("u", upd("m1", 1)), ("f", feat("m1", 1, "title")), ("u", upd("m2", 1))])
+    for i in range(1000):
+        j._remember(f"member:x{i}", 1)
+    back = pickle.loads(pickle.dumps(j))
+    assert list(back.pending) == ["member:m1", "member:m2"] and back.pending["member:m1"].processors == {"title"}
+    assert len(back.completed) == 0 and len(j.completed) == 1000

@@ -86,3 +86,16 @@ def test_reproducible_by_seed(market_data):
     a = Trainer(tiny_config(epochs=1), tables, frames, progress=False).fit().history[0]
     b = Trainer(tiny_config(epochs=1), tables, frames, progress=False).fit().history[0]
     assert a["view/auc"] == b["view/auc"] and a["apply/train_loss"] == b["apply/train_loss"]
+
+
+def test_a_task_can_train_on_a_filtered_downsampled_view_of_another_tasks_data(market_data):
+    from models.multitask import TaskConfig, prepare_tasks
+
+    tables, frames = market_data
+    cfg = tiny_config(tasks=("view",))
+    cfg.tasks.append(TaskConfig("apply_from_views", "view", filter="label == 1", sample=0.5))
+    view, derived = prepare_tasks(cfg, frames, tables)
+    n_viewed = int((frames["view"].label == 1).sum())
+    assert len(derived.train) + len(derived.val) == round(n_viewed * 0.5)
+    assert (derived.train.label == 1).all()
+    assert len(view.train) + len(view.val) == len(frames["view"])
