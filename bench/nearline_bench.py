@@ -178,6 +178,11 @@ class Bench:
         publish = PublishStage(cfg, RedisEmbeddingStore(cfg.redis.url, cfg.redis.key_prefix), prod)
         committer = kafka_io.make_consumer(cfg.kafka.bootstrap, cfg.kafka.consumer_group)
         commit = CommitStage(committer)
+        import gc  # the same process settings as `nearline run` (beam_jobs/nearline_job.run), for a fair ratio
+
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         c = kafka_io.make_consumer(cfg.kafka.bootstrap, cfg.kafka.consumer_group, max_poll_records=1000)
         c.assign([TopicPartition(t, p) for t in cfg.input_topics() for p in range(cfg.topics.partitions)])
         c.seek_to_beginning()

@@ -125,6 +125,7 @@ class ModelSet:
             cur = self.models.get(k)
             fresh[k] = cur if cur and cur.package.manifest.sha256 == pkg.manifest.sha256 else self._load(pkg)
         self.models = fresh
+        log.info("now scoring with %s", sorted(self.models))
         return True
 
     def for_type(self, entity_type: str) -> list[LoadedModel]:

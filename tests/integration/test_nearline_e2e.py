@@ -78,7 +78,8 @@ def test_stream_through_standardizers_and_job(tmp_path, noida_bootstrap, redis_u
         (broken / "tower.onnx").write_bytes(b"truncated")
         with open(h.registry, "a") as fh:
             fh.write(f"- {new}\n- {broken}\n")
-        h.wait_log("added ['member_tiny@v2']", timeout=30)
+        h.wait_log("now scoring with ['job_pyramid@v1', 'job_tiny@v1', 'member_pyramid@v1', 'member_tiny@v1', "
+                   "'member_tiny@v2']", timeout=30)
         h.wait_log("job_broken/v1 REFUSED", timeout=30)
         phase2 = h.stream(1000, rate=600)
         h.wait_caught_up()
