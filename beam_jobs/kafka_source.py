@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 
 import apache_beam as beam
@@ -38,7 +37,7 @@ from nearline.pipeline import KafkaRecord, RecordBatch
 
 log = logging.getLogger(__name__)
 
-STOP = threading.Event()  # set by `nearline run` on SIGINT/SIGTERM
+from nearline.lifecycle import STOP  # noqa: E402  set by `nearline run` on SIGINT/SIGTERM
 
 
 class _PollCounter(RestrictionProvider):
@@ -94,7 +93,7 @@ class ReadPartitionGroups(beam.DoFn):
             tps = [kafka_io.TopicPartition(t, p) for t in self.topics]
             c.assign(tps)
             for tp in tps:
-                committed = c.committed(tp)
+                committed = self._committed(c, tp)
                 if committed is None:
                     c.seek_to_beginning(tp)
                 else:
@@ -105,6 +104,22 @@ class ReadPartitionGroups(beam.DoFn):
             log.info("partition group %d: reading %s from committed offsets", p, [f"{tp.topic}[{tp.partition}]" for tp in tps])
             self._consumers[p] = c
         return c
+
+    @staticmethod
+    def _committed(c, tp):
+        """The committed offset, waiting (and logging) while the broker is unreachable; a stop request
+        ends the wait."""
+        from nearline.lifecycle import backoff_sleep
+
+        delay = 0.5
+        while True:
+            try:
+                return c.committed(tp, timeout_ms=10_000)
+            except Exception as exc:  # KafkaTimeoutError and connection errors while the broker is down
+                log.error("reading the committed offset of %s[%d] failed (%s); retrying in %.1fs",
+                          tp.topic, tp.partition, exc, delay)
+                backoff_sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     def _report_lag(self, p: int, c) -> None:
         now = time.monotonic()
@@ -117,7 +132,7 @@ class ReadPartitionGroups(beam.DoFn):
         try:
             ends = kafka_io.end_offsets(c, list(c.assignment()))
             for tp, end in ends.items():
-                committed = c.committed(tp) or 0
+                committed = c.committed(tp, timeout_ms=5_000) or 0
                 METRICS.set("partition_lag", max(0, end - committed), topic=tp.topic, partition=tp.partition)
         except Exception as exc:  # lag is informational; never stop reading for it
             log.debug("lag query failed: %s", exc)

@@ -137,26 +137,39 @@ def cmd_train(args) -> int:
 def cmd_run(args) -> int:
     import signal
 
-    from beam_jobs import kafka_source, nearline_job
+    from beam_jobs import nearline_job
     from nearline import metrics
     from nearline.kafka_io import ensure_topics
+    from nearline.lifecycle import STOP, StopRequested
     from nearline.services import resolve_endpoints
 
-    cfg = _cfg(args)
-    bootstrap, redis_url = resolve_endpoints(cfg)
-    ensure_topics(bootstrap, cfg.all_topics(), cfg.topics.partitions, cfg.topics.replication_factor)
-    metrics.serve(cfg.job.metrics_port)
-    metrics.start_logger(cfg.job.log_every_s)
+    log = logging.getLogger("nearline")
 
     def stop(signum, _frame):
-        logging.getLogger("nearline").info("signal %d: stopping after the current batch", signum)
-        kafka_source.STOP.set()
+        log.info("signal %d: stopping after the current batch (again to exit at once)", signum)
+        STOP.set()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C ends the process immediately
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
+    # installed first, so that a stop during start-up (e.g. while waiting for Kafka) is clean too
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    logging.getLogger("nearline").info("nearline job: kafka %s, redis %s, runner %s, metrics :%s",
-                                       bootstrap, redis_url, cfg.job.runner, cfg.job.metrics_port)
-    nearline_job.run(cfg, bootstrap, redis_url, args.beam_args)
+    cfg = _cfg(args)
+    bootstrap, redis_url = resolve_endpoints(cfg)
+    try:
+        ensure_topics(bootstrap, cfg.all_topics(), cfg.topics.partitions, cfg.topics.replication_factor)
+        metrics.serve(cfg.job.metrics_port)
+        metrics.start_logger(cfg.job.log_every_s)
+        log.info("nearline job: kafka %s, redis %s, runner %s, metrics :%s",
+                 bootstrap, redis_url, cfg.job.runner, cfg.job.metrics_port)
+        nearline_job.run(cfg, bootstrap, redis_url, args.beam_args)
+    except Exception as exc:
+        if STOP.is_set() and (isinstance(exc, StopRequested) or "stop requested" in str(exc)):
+            log.info("stopped while waiting for Kafka/Redis; the unfinished batch was not committed and "
+                     "will be re-read on the next start")
+            return 0
+        raise
+    log.info("stopped")
     return 0
 
 

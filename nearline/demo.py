@@ -39,6 +39,12 @@ def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float 
     from nearline.services import LocalServices
     from nearline.store import RedisEmbeddingStore
 
+    from nearline.services import port_open
+
+    if cfg.job.metrics_port and port_open("127.0.0.1", cfg.job.metrics_port):
+        print(f"port {cfg.job.metrics_port} (job.metrics_port) is in use, probably by another `nearline run`; "
+              "stop it or set job.metrics_port in the config", file=sys.stderr)
+        return 2
     svc = LocalServices(cfg)
     was_running = svc.status()
     st = svc.up()

@@ -11,6 +11,8 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
+from nearline.lifecycle import backoff_sleep
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TopicPartition", "ensure_topics", "make_producer", "make_consumer", "commit", "KafkaError"]
@@ -27,7 +29,7 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, replic
         except KafkaError:
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.1)
+            backoff_sleep(0.1)
     try:
         existing = set(admin.list_topics())
         missing = [t for t in topics if t not in existing]
@@ -40,7 +42,7 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, replic
         while not set(topics) <= set(admin.list_topics()):
             if time.monotonic() > deadline:
                 raise KafkaError(f"topics not visible after create: {sorted(set(topics) - set(admin.list_topics()))}")
-            time.sleep(0.1)
+            backoff_sleep(0.1)
         return missing
     finally:
         admin.close()
@@ -91,12 +93,14 @@ def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) 
         time.sleep(0.1)
 
 
-def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition], attempts: int = 20) -> dict[TopicPartition, int]:
-    """consumer.end_offsets, retried: kafka-python 3.0.12 sometimes answers for only some partitions and
-    raises KeyError (seen right after assign() while leader metadata is still loading)."""
+def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition], attempts: int = 20,
+                timeout_ms: int = 10_000) -> dict[TopicPartition, int]:
+    """consumer.end_offsets, with a timeout (without one kafka-python blocks forever while the broker is
+    down) and retried: kafka-python 3.0.12 sometimes answers for only some partitions and raises KeyError
+    (seen right after assign() while leader metadata is still loading)."""
     for i in range(attempts):
         try:
-            return consumer.end_offsets(tps)
+            return consumer.end_offsets(tps, timeout_ms=timeout_ms)
         except KeyError:
             if i == attempts - 1:
                 raise
@@ -110,6 +114,6 @@ def group_lag(bootstrap: str, group: str, topics: list[str], partitions: int) ->
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         ends = end_offsets(c, tps)
-        return sum(ends[tp] - (c.committed(tp) or 0) for tp in tps)
+        return sum(ends[tp] - (c.committed(tp, timeout_ms=10_000) or 0) for tp in tps)
     finally:
         c.close(autocommit=False)

@@ -25,6 +25,7 @@ import numpy as np
 from nearline.codec import Codec, CodecError
 from nearline.config import Config
 from nearline.dedupe import decide
+from nearline.lifecycle import backoff_sleep
 from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, ReplayTimeout, StandardizationJoin
 from nearline.metrics import METRICS, Metrics
 from nearline.offsets import OffsetTracker
@@ -274,13 +275,13 @@ class PublishStage:
         while True:
             try:
                 futs = [self.producer.send(t, key=k, value=v) for t, k, v in sends]
-                self.producer.flush()
+                self.producer.flush(timeout=30)
                 for f in futs:
                     f.get(timeout=30)
                 return
             except Exception as exc:  # broker unavailable: retry the whole batch (consumers dedupe by version)
                 log.error("publishing %d records failed (%s); retrying in %.1fs", len(sends), exc, delay)
-                time.sleep(delay)
+                backoff_sleep(delay)
                 delay = min(delay * 2, 30.0)
 
 
@@ -299,7 +300,7 @@ class CommitStage:
                     break
                 except Exception as exc:
                     log.error("offset commit failed (%s); retrying in %.1fs", exc, delay)
-                    time.sleep(delay)
+                    backoff_sleep(delay)
                     delay = min(delay * 2, 30.0)
             self.metrics.inc("offsets_committed")
             for (t, p), off in wb.commit.items():

@@ -14,6 +14,8 @@ import time
 
 import redis
 
+from nearline.lifecycle import backoff_sleep
+
 log = logging.getLogger(__name__)
 
 VERSION_FIELD = "_v"
@@ -65,7 +67,7 @@ class RedisEmbeddingStore:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.retries += 1
                 log.error("Redis %s failed (%s); retrying in %.1fs, input offsets stay uncommitted", what, exc, delay)
-                time.sleep(delay)
+                backoff_sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
     def read(self, entities: list[tuple[str, str]], fields: list[list[str]]) -> list[tuple[int | None, bool, dict[str, bytes | None]]]:
