@@ -154,9 +154,7 @@ class StandardizationJoin:
 
     # ---- inputs ------------------------------------------------------------------------------
     def on_update(self, upd: dict, raw: RawRef) -> list[Output]:
-        key = f"{upd['entity_type']}:{upd['entity_id']}"
-        out: list[Output] = []
-        entry = self._entry_for(key, upd["entity_type"], upd["entity_id"], upd["version"], raw, out)
+        key, entry, out = self._locate(upd, raw)
         if entry is None:
             return out
         if entry.op is not None:
@@ -176,9 +174,7 @@ class StandardizationJoin:
         return out + self._maybe_complete(entry)
 
     def on_features(self, feats: dict, raw: RawRef) -> list[Output]:
-        key = f"{feats['entity_type']}:{feats['entity_id']}"
-        out: list[Output] = []
-        entry = self._entry_for(key, feats["entity_type"], feats["entity_id"], feats["version"], raw, out)
+        _, entry, out = self._locate(feats, raw)
         if entry is None:
             return out
         proc = feats["processor"]
@@ -218,6 +214,12 @@ class StandardizationJoin:
     # ---- internals ---------------------------------------------------------------------------
     def _now(self) -> float:
         return self.now_override if self.now_override is not None else self.clock()
+
+    def _locate(self, msg: dict, raw: RawRef) -> tuple[str, Pending | None, list[Output]]:
+        """The pending entry this message belongs to (None if stale), and what locating it released."""
+        key = f"{msg['entity_type']}:{msg['entity_id']}"
+        out: list[Output] = []
+        return key, self._entry_for(key, msg["entity_type"], msg["entity_id"], msg["version"], raw, out), out
 
     def _entry_for(self, key, etype, eid, version, raw: RawRef, out: list) -> Pending | None:
         done_v = self.completed.get(key)

@@ -35,33 +35,28 @@ def redis_url(tmp_path_factory):
     svc.down()
 
 
-@pytest.fixture(scope="session", params=BROKERS)
-def kafka_bootstrap(request, tmp_path_factory):
-    """A real Kafka-protocol broker, once per broker package (noida-db and Tansu)."""
+def _broker(tmp_path_factory, broker: str, name: str):
+    """Start one broker of the given package (only the broker: Redis is someone else's), yield its address."""
     if os.environ.get("NEARLINE_KAFKA_BOOTSTRAP"):
         yield os.environ["NEARLINE_KAFKA_BOOTSTRAP"]
         return
-    broker = request.param
     cfg = _services_cfg(broker)
-    cfg.redis.url = "redis://unused:1/0"  # only the broker is started here
-    svc = LocalServices(cfg, tmp_path_factory.mktemp(f"kafka-{broker}"))
-    st = svc.up()
-    yield st.kafka_bootstrap
+    cfg.redis.url = "redis://unused:1/0"
+    svc = LocalServices(cfg, tmp_path_factory.mktemp(name))
+    yield svc.up().kafka_bootstrap
     svc.down()
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def kafka_bootstrap(request, tmp_path_factory):
+    """A real Kafka-protocol broker, once per broker package (noida-db and Tansu)."""
+    yield from _broker(tmp_path_factory, request.param, f"kafka-{request.param}")
 
 
 @pytest.fixture(scope="session")
 def noida_bootstrap(tmp_path_factory):
     """One noida-db broker for the tests that are not about broker differences (end to end)."""
-    if os.environ.get("NEARLINE_KAFKA_BOOTSTRAP"):
-        yield os.environ["NEARLINE_KAFKA_BOOTSTRAP"]
-        return
-    cfg = _services_cfg("noida")
-    cfg.redis.url = "redis://unused:1/0"
-    svc = LocalServices(cfg, tmp_path_factory.mktemp("kafka-e2e"))
-    st = svc.up()
-    yield st.kafka_bootstrap
-    svc.down()
+    yield from _broker(tmp_path_factory, "noida", "kafka-e2e")
 
 
 @pytest.fixture
