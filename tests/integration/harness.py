@@ -38,6 +38,7 @@ class Harness:
     registry_lines: list[str]
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     events: list = field(default_factory=list)
+    join_timeout_s: float = 60.0
 
     def __post_init__(self):
         self.root.mkdir(parents=True, exist_ok=True)
@@ -49,7 +50,7 @@ class Harness:
                        "embeddings": t.embeddings, "dead_letter": t.dead_letter, "partitions": t.partitions},
             "kafka": {"bootstrap": self.cfg.kafka.bootstrap, "consumer_group": self.cfg.kafka.consumer_group},
             "redis": {"url": self.cfg.redis.url, "key_prefix": self.cfg.redis.key_prefix},
-            "join": {"timeout_s": 60},
+            "join": {"timeout_s": self.join_timeout_s},
             "job": {"metrics_port": 0, "log_every_s": 2, "registry_poll_s": 0.5, "poll_timeout_ms": 50},
             "standardizers": {"taxonomy_dir": str(self.marketplace_dir),
                               "delays": {"skills": {"delay_ms": 5, "jitter_ms": 40}, "geo": {"jitter_ms": 20}}},
@@ -71,8 +72,8 @@ class Harness:
         self.procs[name] = p
         return p
 
-    def start_standardizers(self):
-        for p in PROCESSORS:
+    def start_standardizers(self, processors=PROCESSORS):
+        for p in processors:
             self._spawn(f"std-{p}", ["standardize", "--processor", p])
 
     def start_job(self):
@@ -131,11 +132,11 @@ class Harness:
     def lag(self, group: str, topics: list[str]) -> int:
         return kafka_io.group_lag(self.cfg.kafka.bootstrap, group, topics, self.cfg.topics.partitions)
 
-    def wait_caught_up(self, timeout: float = 180) -> None:
+    def wait_caught_up(self, timeout: float = 180, processors=PROCESSORS) -> None:
         """Until every standardizer and the job have committed everything there is to read."""
         deadline = time.monotonic() + timeout
         while True:
-            lags = {p: self.lag(f"standardizer-{p}", [self.cfg.topics.entity_updates]) for p in PROCESSORS}
+            lags = {p: self.lag(f"standardizer-{p}", [self.cfg.topics.entity_updates]) for p in processors}
             lags["job"] = self.lag(self.cfg.kafka.consumer_group, self.cfg.input_topics())
             if not any(lags.values()):
                 return
@@ -168,10 +169,11 @@ class Harness:
             state[ev.key] = None if ev.record["op"] == "DELETE" else ev.record["fields"]
         return state
 
-    def expected_embeddings(self, live: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
-        """ORT run directly on the standardized features of each live entity, for every registered model."""
+    def expected_embeddings(self, live: dict[str, dict], processors=PROCESSORS) -> dict[str, dict[str, np.ndarray]]:
+        """ORT run directly on the standardized features of each live entity, for every registered model
+        (features of processors not listed are left out, so the manifests' defaults apply)."""
         tax = Taxonomies.load(self.marketplace_dir / "taxonomies.json")
-        procs = [make_processor(p, tax) for p in PROCESSORS]
+        procs = [make_processor(p, tax) for p in processors]
         good, bad = Registry(self.registry).load(["member", "job"])
         out: dict[str, dict[str, np.ndarray]] = {k: {} for k in live}
         for pkg in good:
@@ -183,6 +185,8 @@ class Harness:
                 feats = {}
                 for p in procs:
                     feats.update(p.standardize(live[k]))
+                for f in man.inputs:  # the manifest's declared default, stated here, not left to the code under test
+                    feats.setdefault(f.name, {"ids": list(f.default_ids), "weights": None})
                 rows.append(feats)
             if keys:
                 emb = sess.run([man.output_name], build_inputs(man, rows))[0]

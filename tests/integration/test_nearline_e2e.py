@@ -164,3 +164,30 @@ def test_sigkill_mid_stream_and_restart(tmp_path, noida_bootstrap, redis_url, ma
     published = {(f"{m['entity_type']}:{m['entity_id']}", m["version"]) for m in msgs}
     for key in h.final_state():
         assert (key, int(h.stored(key)["_v"])) in published, key
+
+
+def test_join_timeout_scores_with_declared_defaults_and_flags_partial(tmp_path, noida_bootstrap, redis_url,
+                                                                      marketplace_dir, unique):
+    """The geo standardizer is down: after join.timeout_s every update is scored with geo's declared
+    default, published with partial=true and marked _partial in Redis; nothing is lost or stuck."""
+    cfg = isolated_config(noida_bootstrap, redis_url, unique)
+    h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED, join_timeout_s=3.0)
+    up = ["title", "skills", "company"]
+    try:
+        h.start_standardizers(up)
+        h.start_job()
+        h.wait_log("partition group 3: reading")
+        h.streamer.mix.delete = 0.0  # creates and updates only
+        h.stream(150, rate=300)
+        h.wait_caught_up(processors=up, timeout=120)  # commits advance only once the joins time out
+    finally:
+        h.stop_all()
+    live = {k: f for k, f in h.final_state().items() if f is not None}
+    expected = h.expected_embeddings(live, processors=up)
+    msgs = h.topic_records(cfg.topics.embeddings)
+    assert msgs and all(m["partial"] for m in msgs)
+    for key in live:
+        stored = h.stored(key)
+        assert stored.get("_partial") == b"1", key
+        model = "member_pyramid@v1" if key.startswith("member:") else "job_pyramid@v1"
+        np.testing.assert_allclose(np.frombuffer(stored[model], "<f4"), expected[key][model], atol=1e-5)
