@@ -33,11 +33,10 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
+from nearline.lifecycle import STOP  # set by `nearline run` on SIGINT/SIGTERM
 from nearline.pipeline import KafkaRecord, RecordBatch
 
 log = logging.getLogger(__name__)
-
-from nearline.lifecycle import STOP  # noqa: E402  set by `nearline run` on SIGINT/SIGTERM
 
 
 class _PollCounter(RestrictionProvider):
@@ -109,17 +108,10 @@ class ReadPartitionGroups(beam.DoFn):
     def _committed(c, tp):
         """The committed offset, waiting (and logging) while the broker is unreachable; a stop request
         ends the wait."""
-        from nearline.lifecycle import backoff_sleep
+        from nearline.lifecycle import retry_until_done
 
-        delay = 0.5
-        while True:
-            try:
-                return c.committed(tp, timeout_ms=10_000)
-            except Exception as exc:  # KafkaTimeoutError and connection errors while the broker is down
-                log.error("reading the committed offset of %s[%d] failed (%s); retrying in %.1fs",
-                          tp.topic, tp.partition, exc, delay)
-                backoff_sleep(delay)
-                delay = min(delay * 2, 30.0)
+        return retry_until_done(f"reading the committed offset of {tp.topic}[{tp.partition}]",
+                                lambda: c.committed(tp, timeout_ms=10_000), log, first_delay=0.5)
 
     def _report_lag(self, p: int, c) -> None:
         now = time.monotonic()

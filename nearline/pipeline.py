@@ -25,7 +25,8 @@ import numpy as np
 from nearline.codec import Codec, CodecError
 from nearline.config import Config
 from nearline.dedupe import decide
-from nearline.lifecycle import backoff_sleep
+from nearline.deadletter import encode_dead_letter
+from nearline.lifecycle import retry_until_done
 from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, ReplayTimeout, StandardizationJoin
 from nearline.metrics import METRICS, Metrics
 from nearline.offsets import OffsetTracker
@@ -68,7 +69,6 @@ class WorkBatch:
     embeddings: list[dict[str, bytes]] = field(default_factory=list)  # aligned with joined
     replay_timeouts: list[ReplayTimeout] = field(default_factory=list)
     commit: dict[tuple[str, int], int] = field(default_factory=dict)
-    n_read: int = 0
 
 
 @dataclass
@@ -94,7 +94,7 @@ class JoinStage:
     def run(self, state: PartitionGroupState, group, batch: RecordBatch,
             required: dict[str, set[str]] | None = None) -> WorkBatch:
         records = batch.records
-        wb = WorkBatch(group, n_read=len(records))
+        wb = WorkBatch(group)
         join, tracker = state.join, state.tracker
         join.now_override = batch.polled_at
         before = dict(join.counters)
@@ -233,9 +233,9 @@ class PublishStage:
         n_msgs = len(sends)
         for d in wb.dead_letters:
             r = d.raw
-            sends.append((self.cfg.topics.dead_letter, r.key, self.codec.encode("DeadLetter", {
-                "original": r.value, "key": r.key, "topic": r.topic, "partition": r.partition, "offset": r.offset,
-                "stage": d.stage, "error": d.error[:4000], "time": now_ms})))
+            sends.append((self.cfg.topics.dead_letter, r.key, encode_dead_letter(
+                self.codec, original=r.value, key=r.key, topic=r.topic, partition=r.partition, offset=r.offset,
+                stage=d.stage, error=d.error)))
             log.warning("dead letter from %s (%s[%d]@%d): %s", d.stage, r.topic, r.partition, r.offset, d.error)
         self._send_all(sends)                       # 1. Kafka (acknowledged)
         retries_before = self.store.retries
@@ -271,18 +271,14 @@ class PublishStage:
     def _send_all(self, sends) -> None:
         if not sends:
             return
-        delay = 0.2
-        while True:
-            try:
-                futs = [self.producer.send(t, key=k, value=v) for t, k, v in sends]
-                self.producer.flush(timeout=30)
-                for f in futs:
-                    f.get(timeout=30)
-                return
-            except Exception as exc:  # broker unavailable: retry the whole batch (consumers dedupe by version)
-                log.error("publishing %d records failed (%s); retrying in %.1fs", len(sends), exc, delay)
-                backoff_sleep(delay)
-                delay = min(delay * 2, 30.0)
+
+        def send():  # on failure the whole batch is sent again (consumers keep the highest version)
+            futs = [self.producer.send(t, key=k, value=v) for t, k, v in sends]
+            self.producer.flush(timeout=30)
+            for f in futs:
+                f.get(timeout=30)
+
+        retry_until_done(f"publishing {len(sends)} records", send, log)
 
 
 class CommitStage:
@@ -293,15 +289,8 @@ class CommitStage:
         if wb.commit:
             from nearline import kafka_io
 
-            delay = 0.2
-            while True:
-                try:
-                    kafka_io.commit(self.committer, {kafka_io.TopicPartition(t, p): off for (t, p), off in wb.commit.items()})
-                    break
-                except Exception as exc:
-                    log.error("offset commit failed (%s); retrying in %.1fs", exc, delay)
-                    backoff_sleep(delay)
-                    delay = min(delay * 2, 30.0)
+            offsets = {kafka_io.TopicPartition(t, p): off for (t, p), off in wb.commit.items()}
+            retry_until_done("offset commit", lambda: kafka_io.commit(self.committer, offsets), log)
             self.metrics.inc("offsets_committed")
             for (t, p), off in wb.commit.items():
                 self.metrics.set("committed_offset", off, topic=t, partition=p)

@@ -10,11 +10,10 @@ job restarts or concurrent writers. Versions must stay below 2**53 (Lua numbers 
 from __future__ import annotations
 
 import logging
-import time
 
 import redis
 
-from nearline.lifecycle import backoff_sleep
+from nearline.lifecycle import retry_until_done
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +59,11 @@ class RedisEmbeddingStore:
 
     def _retrying(self, what: str, fn):
         """Retry while Redis is unreachable, with capped backoff: backpressure, never a crash loop."""
-        delay = 0.1
-        while True:
-            try:
-                return fn()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.retries += 1
-                log.error("Redis %s failed (%s); retrying in %.1fs, input offsets stay uncommitted", what, exc, delay)
-                backoff_sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
+        def count():
+            self.retries += 1
+
+        return retry_until_done(f"Redis {what}", fn, log, first_delay=0.1, max_delay=self.retry_max_s,
+                                errors=(redis.ConnectionError, redis.TimeoutError), on_retry=count)
 
     def read(self, entities: list[tuple[str, str]], fields: list[list[str]]) -> list[tuple[int | None, bool, dict[str, bytes | None]]]:
         """For each entity: (stored version or None, stored is partial, {field: bytes or None}).
