@@ -22,6 +22,7 @@ from pathlib import Path
 from nearline.codec import Codec, CodecError
 from nearline.config import Config
 from nearline.deadletter import encode_dead_letter
+from nearline.lifecycle import STOP, StopRequested, retry_until_done
 from nearline.marketplace.generate import ABBREV
 from nearline.marketplace.taxonomy import Taxonomies
 from nearline.offsets import OffsetTracker
@@ -229,6 +230,7 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
 
     def _sig(*_):
         stopping.append(True)
+        STOP.set()  # also ends a retry that is waiting for the broker
 
     old = {s: signal.signal(s, _sig) for s in (signal.SIGTERM, signal.SIGINT)} if stop is None else {}
     last_input = time.monotonic()
@@ -247,7 +249,7 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
                         stats["dead_letters"] += 1
                         dl = encode_dead_letter(codec, original=m.value, key=m.key, topic=m.topic, partition=m.partition,
                                                 offset=m.offset, stage=f"standardize.{name}", error=str(exc))
-                        sends.append((producer.send(cfg.topics.dead_letter, key=m.key, value=dl), tp, m.offset))
+                        sends.append((cfg.topics.dead_letter, m.key, dl, tp, m.offset))
                         continue
                     if res is None:
                         stats["deletes_skipped"] += 1
@@ -260,21 +262,28 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
                 last_input = now  # idle time counts only once the group has given us partitions
             while held and held[0][0] <= now:
                 _, _, tp, off, key, value = heapq.heappop(held)
-                sends.append((producer.send(out_topic, key=key, value=value), tp, off))
+                sends.append((out_topic, key, value, tp, off))
             if sends:
-                producer.flush()
-                for fut, tp, off in sends:
-                    fut.get(timeout=30)  # raises if the broker did not acknowledge: offsets stay uncommitted
+                def publish():  # every send acknowledged, or all of them again (the job drops duplicates)
+                    futs = [producer.send(t, key=k, value=v) for t, k, v, _, _ in sends]
+                    producer.flush(timeout=30)
+                    for f in futs:
+                        f.get(timeout=30)
+
+                retry_until_done(f"standardize.{name}: publishing {len(sends)} records", publish, log)
+                for _, _, _, tp, off in sends:
                     tracker.done(tp, off)
-                stats["written"] += sum(1 for f, _, _ in sends)
+                stats["written"] += len(sends)
             to_commit = tracker.committable()
             if to_commit:
-                kafka_io.commit(consumer, to_commit)
+                retry_until_done(f"standardize.{name}: offset commit", lambda: kafka_io.commit(consumer, to_commit), log)
                 tracker.mark_committed(to_commit)
             if max_messages is not None and stats["read"] >= max_messages and not held:
                 break
             if idle_exit_s is not None and not held and time.monotonic() - last_input > idle_exit_s:
                 break
+    except StopRequested:
+        log.info("standardize.%s: stopped while waiting for the broker; unacknowledged input is re-read next time", name)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
