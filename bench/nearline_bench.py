@@ -291,7 +291,7 @@ def main():
     ap.add_argument("--backlog", type=int, default=20000)
     ap.add_argument("--rate", type=float, default=300.0)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--broker", choices=["noida", "tansu"], default="noida")
+    ap.add_argument("--broker", choices=["kafka", "noida"], default="kafka")
     ap.add_argument("--out", help="also write the JSON result here")
     args = ap.parse_args()
     b = Bench(args)

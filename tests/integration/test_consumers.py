@@ -28,11 +28,11 @@ def joined(etype, eid, version):
 
 
 @pytest.fixture
-def published(noida_bootstrap, redis_url, unique, tmp_path):
-    cfg = isolated_config(noida_bootstrap, redis_url, unique)
+def published(kafka_bootstrap, redis_url, unique, tmp_path):
+    cfg = isolated_config(kafka_bootstrap, redis_url, unique)
     cfg.models.registry = str(REPO_ROOT / "models/registry.yaml")
-    kafka_io.ensure_topics(noida_bootstrap, cfg.all_topics(), 4)
-    prod = kafka_io.make_producer(noida_bootstrap)
+    kafka_io.ensure_topics(kafka_bootstrap, cfg.all_topics(), 4)
+    prod = kafka_io.make_producer(kafka_bootstrap)
     stage = PublishStage(cfg, RedisEmbeddingStore(redis_url, cfg.redis.key_prefix), prod)
     rng = np.random.default_rng(0)
     vecs = {"m1": rng.normal(size=32).astype("<f4"), "j1": rng.normal(size=32).astype("<f4"),
@@ -47,7 +47,7 @@ def published(noida_bootstrap, redis_url, unique, tmp_path):
     conf.write_text(yaml.safe_dump({
         "topics": {"entity_updates": t.entity_updates, "standardized_prefix": t.standardized_prefix,
                    "embeddings": t.embeddings, "dead_letter": t.dead_letter},
-        "kafka": {"bootstrap": noida_bootstrap}, "redis": {"url": redis_url, "key_prefix": cfg.redis.key_prefix},
+        "kafka": {"bootstrap": kafka_bootstrap}, "redis": {"url": redis_url, "key_prefix": cfg.redis.key_prefix},
         "models": {"registry": str(REPO_ROOT / "models/registry.yaml")}}))
     return cfg, conf, vecs
 

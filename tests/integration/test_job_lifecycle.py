@@ -31,7 +31,7 @@ def wait_for(log, text, proc, timeout=60):
 
 def test_sigint_stops_the_job_even_with_a_dead_broker(tmp_path):
     cfg = Config()
-    cfg.services = ServicesConfig(broker="noida", kafka_port=0, redis_port=0)
+    cfg.services = ServicesConfig(broker="kafka", kafka_port=0, redis_port=0)
     svc = LocalServices(cfg, tmp_path / "svc")
     st = svc.up()
     conf = tmp_path / "nearline.yaml"

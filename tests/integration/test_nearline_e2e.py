@@ -45,8 +45,8 @@ def _check_live_and_deleted(h: Harness, must_have: dict[str, set[str]]):
     return n_compared
 
 
-def test_stream_through_standardizers_and_job(tmp_path, noida_bootstrap, redis_url, marketplace_dir, unique):
-    cfg = isolated_config(noida_bootstrap, redis_url, unique)
+def test_stream_through_standardizers_and_job(tmp_path, kafka_bootstrap, redis_url, marketplace_dir, unique):
+    cfg = isolated_config(kafka_bootstrap, redis_url, unique)
     tiny = [str(make_package(tmp_path / "pk", "member_tiny", "v1", "member", seed=1)),
             str(make_package(tmp_path / "pk", "job_tiny", "v1", "job", seed=2))]
     h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED + tiny)
@@ -138,8 +138,8 @@ def test_stream_through_standardizers_and_job(tmp_path, noida_bootstrap, redis_u
     assert not h.stored("member:mbad") or not any(not k.startswith("_") for k in h.stored("member:mbad"))
 
 
-def test_sigkill_mid_stream_and_restart(tmp_path, noida_bootstrap, redis_url, marketplace_dir, unique):
-    cfg = isolated_config(noida_bootstrap, redis_url, unique)
+def test_sigkill_mid_stream_and_restart(tmp_path, kafka_bootstrap, redis_url, marketplace_dir, unique):
+    cfg = isolated_config(kafka_bootstrap, redis_url, unique)
     tiny = [str(make_package(tmp_path / "pk", "member_tiny", "v1", "member", seed=1)),
             str(make_package(tmp_path / "pk", "job_tiny", "v1", "job", seed=2))]
     h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED + tiny)
@@ -166,11 +166,11 @@ def test_sigkill_mid_stream_and_restart(tmp_path, noida_bootstrap, redis_url, ma
         assert (key, int(h.stored(key)["_v"])) in published, key
 
 
-def test_join_timeout_scores_with_declared_defaults_and_flags_partial(tmp_path, noida_bootstrap, redis_url,
+def test_join_timeout_scores_with_declared_defaults_and_flags_partial(tmp_path, kafka_bootstrap, redis_url,
                                                                       marketplace_dir, unique):
     """The geo standardizer is down: after join.timeout_s every update is scored with geo's declared
     default, published with partial=true and marked _partial in Redis; nothing is lost or stuck."""
-    cfg = isolated_config(noida_bootstrap, redis_url, unique)
+    cfg = isolated_config(kafka_bootstrap, redis_url, unique)
     h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED, join_timeout_s=3.0)
     up = ["title", "skills", "company"]
     try:
