@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Iterable
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
@@ -15,7 +15,7 @@ from nearline.lifecycle import backoff_sleep
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TopicPartition", "ensure_topics", "make_producer", "make_consumer", "commit", "KafkaError"]
+__all__ = ["TopicPartition", "ConsumerRebalanceListener", "ensure_topics", "make_producer", "make_consumer", "commit", "KafkaError"]
 
 
 def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, replication: int = 1,
@@ -76,10 +76,11 @@ def make_consumer(bootstrap: str, group: str | None, *, session_timeout_ms: int 
                          fetch_max_wait_ms=fetch_max_wait_ms, **kw)
 
 
-def commit(consumer: KafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-    """Commit 'next offset to read' per partition (Kafka's convention)."""
+def commit(consumer: KafkaConsumer, offsets: dict[TopicPartition, int], timeout_ms: int | None = None) -> None:
+    """Commit 'next offset to read' per partition (Kafka's convention). With ``timeout_ms`` a commit that
+    cannot complete (broker down) raises KafkaTimeoutError instead of blocking."""
     if offsets:
-        consumer.commit({tp: OffsetAndMetadata(off, None, -1) for tp, off in offsets.items()})
+        consumer.commit({tp: OffsetAndMetadata(off, None, -1) for tp, off in offsets.items()}, timeout_ms=timeout_ms)
 
 
 def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) -> list[int]:

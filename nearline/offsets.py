@@ -56,3 +56,10 @@ class OffsetTracker:
     def mark_committed(self, offsets: dict[Hashable, int]) -> None:
         for tp, pos in offsets.items():
             self._committed[tp] = max(pos, self._committed.get(tp, -1))
+
+    def forget(self, tps) -> None:
+        """Drop all knowledge of these partitions (revoked in a rebalance): their new owner re-reads from
+        the committed offset, so nothing pending here may be committed by us later."""
+        for tp in tps:
+            for d in (self._pending, self._heaps, self._high, self._committed):
+                d.pop(tp, None)

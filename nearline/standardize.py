@@ -220,10 +220,28 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
                                       session_timeout_ms=cfg.kafka.session_timeout_ms,
                                       heartbeat_interval_ms=cfg.kafka.heartbeat_interval_ms,
                                       max_poll_records=500)
-    consumer.subscribe([cfg.topics.entity_updates])
     producer = kafka_io.make_producer(bootstrap, cfg.kafka.producer_linger_ms)
     tracker = OffsetTracker()
     held: list = []  # (due, seq, tp, offset, key, value) delayed outputs
+
+    class _Rebalance(kafka_io.ConsumerRebalanceListener):
+        """Partitions taken away in a rebalance are forgotten (their delayed outputs too): the new owner
+        re-reads them from the committed offset; the job drops the duplicates by version."""
+
+        def on_partitions_revoked(self, revoked):
+            gone = set(revoked)
+            if gone:
+                tracker.forget(gone)
+                held[:] = [h for h in held if h[2] not in gone]
+                heapq.heapify(held)
+                log.info("standardize.%s: partitions revoked %s", name, sorted(tp.partition for tp in gone))
+
+        def on_partitions_assigned(self, assigned):
+            tracker.forget(assigned)  # fresh positions: from the committed offset
+            log.info("standardize.%s: partitions assigned %s", name, sorted(tp.partition for tp in assigned))
+
+    consumer.subscribe([cfg.topics.entity_updates], listener=_Rebalance())
+    commit_failures = 0
     seq = 0
     stats = {"read": 0, "written": 0, "deletes_skipped": 0, "dead_letters": 0}
     stopping = stop if stop is not None else []
@@ -276,8 +294,20 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
                 stats["written"] += len(sends)
             to_commit = tracker.committable()
             if to_commit:
-                retry_until_done(f"standardize.{name}: offset commit", lambda: kafka_io.commit(consumer, to_commit), log)
-                tracker.mark_committed(to_commit)
+                # Never block on a commit: while the broker restarts or the group rebalances, a commit
+                # fails ("not part of an active group"), and only poll() rejoins the group. The offsets
+                # stay committable and are tried again after the next poll; outputs are already acked.
+                try:
+                    kafka_io.commit(consumer, to_commit, timeout_ms=5000)
+                    tracker.mark_committed(to_commit)
+                    if commit_failures:
+                        log.info("standardize.%s: offset commits work again after %d failures", name, commit_failures)
+                    commit_failures = 0
+                except kafka_io.KafkaError as exc:
+                    commit_failures += 1
+                    if commit_failures == 1 or commit_failures % 50 == 0:
+                        log.warning("standardize.%s: offset commit failed (%s, %d in a row); polling on, "
+                                    "the commit is retried after the next poll", name, exc, commit_failures)
             if max_messages is not None and stats["read"] >= max_messages and not held:
                 break
             if idle_exit_s is not None and not held and time.monotonic() - last_input > idle_exit_s:

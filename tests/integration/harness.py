@@ -107,7 +107,7 @@ class Harness:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         self.procs.clear()
-        self.producer.close()
+        self.producer.close()  # idempotent: stop_all may be called again from a finally
 
     # ---- input ----------------------------------------------------------------------------------
     def stream(self, n: int, rate: float = 500.0) -> list:
