@@ -75,6 +75,7 @@ class ReadPartitionGroups(beam.DoFn):
         self._next_lag = {}
         self._replay_until = {}
         self._marks = ReadMarks(RedisEmbeddingStore(self.redis_url, self.redis_prefix), self.group_id)
+        self._next_heartbeat = 0.0
 
     def teardown(self):
         for c in getattr(self, "_consumers", {}).values():
@@ -129,6 +130,20 @@ class ReadPartitionGroups(beam.DoFn):
         except Exception as exc:  # lag is informational; never stop reading for it
             log.debug("lag query failed: %s", exc)
 
+    def _heartbeat(self) -> None:
+        """About once a second: this job is alive and polling (nearline.failover reads it: a DC whose job
+        stopped writing it is skipped by readers, who fail over to another DC)."""
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + 1.0
+        from nearline.failover import heartbeat_key
+
+        try:
+            self._marks.store.r.set(heartbeat_key(self.redis_prefix, self.group_id), int(time.time() * 1000), ex=86400)
+        except Exception as exc:  # a dead Redis is handled (retried) where the job writes; never stop reading for this
+            log.debug("heartbeat write failed: %s", exc)
+
     def _drain(self, c) -> dict:
         """One batch: wait up to the (per-group) poll timeout for the first records, then keep taking what
         is already fetched, without blocking, while each poll brings at least a tenth of max_poll_records,
@@ -167,6 +182,7 @@ class ReadPartitionGroups(beam.DoFn):
             log.debug("group %d poll at %.3f took %.1f ms: %d records", p, t_poll, (time.time() - t_poll) * 1000,
                       sum(len(v) for v in polled.values()))
         self._report_lag(p, c)
+        self._heartbeat()
         until = self._replay_until[p]
         records = [KafkaRecord(m.topic, m.partition, m.offset, m.key, m.value,
                                m.offset <= until.get((m.topic, m.partition), -1))

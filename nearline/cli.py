@@ -19,6 +19,8 @@ def _cfg(args):
 def cmd_services(args) -> int:
     from nearline.services import LocalServices
 
+    if args.dcs and args.dcs > 1:
+        return _services_multidc(args)
     svc = LocalServices(_cfg(args))
     if args.action == "up":
         st = svc.up()
@@ -36,6 +38,30 @@ def cmd_services(args) -> int:
                 print(f"{k:16s} {v}")
         return 0 if st["kafka_up"] and st["redis_up"] else 1
     return 0
+
+
+def _services_multidc(args) -> int:
+    from nearline.multidc import MultiDCServices
+
+    m = MultiDCServices(_cfg(args), args.dcs)
+    if args.action == "up":
+        st = m.up()
+        for name, ep in st["endpoints"].items():
+            print(f"{name}  kafka {ep['kafka_bootstrap']} (pid {ep['kafka_pid']})  redis {ep['redis_url']} (pid {ep['redis_pid']})")
+        print(f"mirrormaker 2 (pid {st['mirrormaker_pid']}): every DC's entity-updates mirrored to every other DC")
+        return 0
+    if args.action == "down":
+        stopped = m.down()
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
+    st = m.status()
+    if args.json:
+        print(json.dumps(st))
+    else:
+        for name, v in st.items():
+            print(f"{name:12s} {v}")
+    ok = st["mirrormaker"]["pid"] and all(v["kafka_up"] and v["redis_up"] for k, v in st.items() if k != "mirrormaker")
+    return 0 if ok else 1
 
 
 # ---- marketplace ------------------------------------------------------------------------------
@@ -218,6 +244,10 @@ def cmd_get(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    if args.dcs and args.dcs > 1:
+        from nearline.demo_multidc import run_multidc_demo
+
+        return run_multidc_demo(_cfg(args), args.dcs, args.rate, args.duration, args.members, args.jobs)
     from nearline.demo import run_demo
 
     return run_demo(_cfg(args), args.config, args.rate, args.duration, args.members, args.jobs)
@@ -234,11 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
     s.add_argument("--members", type=int, default=2000, help="marketplace size if it must be generated")
     s.add_argument("--jobs", type=int, default=1000)
+    s.add_argument("--dcs", type=int, default=1, help="N>1: N local data centers with MirrorMaker 2, freshness side by side")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("services", help="start/stop/inspect the local Redis and Apache Kafka broker")
     s.add_argument("action", choices=["up", "down", "status"])
     s.add_argument("--json", action="store_true", help="status as JSON (kafka_bootstrap, redis_url, PIDs)")
+    s.add_argument("--dcs", type=int, default=1,
+                   help="local data centers: N>1 starts dc1..dcN (a Kafka and a Redis each) and MirrorMaker 2")
     s.set_defaults(func=cmd_services)
 
     s = sub.add_parser("marketplace", help="synthetic job marketplace: generate data files or stream updates")

@@ -154,6 +154,18 @@ class ModelsConfig:
 
 
 @dataclass
+class DataCentersConfig:
+    local: str = ""
+    """Name of the data center this process runs in (e.g. 'dc1'); empty for a single-DC deployment.
+    Every DC runs its own Kafka cluster, Redis, standardizers and nearline job."""
+    peers: list[str] = field(default_factory=list)
+    """The other data centers. MirrorMaker 2 (DefaultReplicationPolicy) mirrors each peer's entity-updates
+    topic into this DC's Kafka as '<peer>.<entity_updates>'; the standardizers and the job read those
+    topics beside the local one, so every DC processes every entity. The prefix is what stops
+    re-mirroring loops: MirrorMaker 2 never mirrors a topic back to the cluster it came from."""
+
+
+@dataclass
 class Config:
     entity_types: list[str] = field(default_factory=lambda: ["member", "job"])
     """Entity types the service knows; events of any other type are dead-lettered."""
@@ -166,6 +178,7 @@ class Config:
     job: JobConfig = field(default_factory=JobConfig)
     standardizers: StandardizersConfig = field(default_factory=StandardizersConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    datacenters: DataCentersConfig = field(default_factory=DataCentersConfig)
     base_dir: str = "."
     """Directory that relative paths (registry, taxonomy_dir, state_dir) are resolved against;
     set to the config file's directory when loaded from a file."""
@@ -174,8 +187,12 @@ class Config:
     def standardized_topic(self, processor: str) -> str:
         return f"{self.topics.standardized_prefix}{processor}"
 
+    def update_topics(self) -> list[str]:
+        """EntityUpdate topics this DC reads: its own, then each peer DC's mirror of it."""
+        return [self.topics.entity_updates] + [f"{peer}.{self.topics.entity_updates}" for peer in self.datacenters.peers]
+
     def input_topics(self) -> list[str]:
-        return [self.topics.entity_updates] + [self.standardized_topic(p) for p in self.standardizers.processors]
+        return self.update_topics() + [self.standardized_topic(p) for p in self.standardizers.processors]
 
     def all_topics(self) -> list[str]:
         return self.input_topics() + [self.topics.embeddings, self.topics.dead_letter]

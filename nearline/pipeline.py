@@ -82,7 +82,7 @@ class PartitionGroupState:
 class JoinStage:
     def __init__(self, cfg: Config, codec: Codec | None = None, metrics: Metrics = METRICS):
         self.cfg, self.codec, self.metrics = cfg, codec or Codec(), metrics
-        self.updates_topic = cfg.topics.entity_updates
+        self.update_topics = set(cfg.update_topics())  # local + mirrored from peer DCs
         self.entity_types = set(cfg.entity_types)
 
     def new_state(self, required: dict[str, set[str]]) -> PartitionGroupState:
@@ -106,7 +106,7 @@ class JoinStage:
         for rec in records:
             raw = RawRef(rec.topic, rec.partition, rec.offset, rec.key, rec.value, rec.replayed)
             tracker.read((rec.topic, rec.partition), rec.offset)
-            is_update = rec.topic == self.updates_topic
+            is_update = rec.topic in self.update_topics
             try:
                 msg = self.codec.decode(rec.value, expect="EntityUpdate" if is_update else "StandardizedFeatures")
             except CodecError as exc:

@@ -240,7 +240,7 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
             tracker.forget(assigned)  # fresh positions: from the committed offset
             log.info("standardize.%s: partitions assigned %s", name, sorted(tp.partition for tp in assigned))
 
-    consumer.subscribe([cfg.topics.entity_updates], listener=_Rebalance())
+    consumer.subscribe(cfg.update_topics(), listener=_Rebalance())
     commit_failures = 0
     seq = 0
     stats = {"read": 0, "written": 0, "deletes_skipped": 0, "dead_letters": 0}

@@ -39,6 +39,7 @@ class Harness:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     events: list = field(default_factory=list)
     join_timeout_s: float = 60.0
+    job_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.root.mkdir(parents=True, exist_ok=True)
@@ -56,6 +57,9 @@ class Harness:
                               "delays": {"skills": {"delay_ms": 5, "jitter_ms": 40}, "geo": {"jitter_ms": 20}}},
             "models": {"registry": str(self.registry)},
         }
+        if self.cfg.datacenters.local:
+            conf["datacenters"] = {"local": self.cfg.datacenters.local, "peers": list(self.cfg.datacenters.peers)}
+        conf["job"].update(self.job_overrides)
         self.config_file = self.root / "nearline.yaml"
         self.config_file.write_text(yaml.safe_dump(conf))
         kafka_io.ensure_topics(self.cfg.kafka.bootstrap, self.cfg.all_topics(), t.partitions)
@@ -136,7 +140,7 @@ class Harness:
         """Until every standardizer and the job have committed everything there is to read."""
         deadline = time.monotonic() + timeout
         while True:
-            lags = {p: self.lag(f"standardizer-{p}", [self.cfg.topics.entity_updates]) for p in processors}
+            lags = {p: self.lag(f"standardizer-{p}", self.cfg.update_topics()) for p in processors}
             lags["job"] = self.lag(self.cfg.kafka.consumer_group, self.cfg.input_topics())
             if not any(lags.values()):
                 return

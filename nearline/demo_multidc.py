@@ -1,0 +1,144 @@
+"""`nearline demo --dcs N`: N local data centers side by side, MirrorMaker 2 between them.
+
+Every DC gets its own Apache Kafka, Redis, four standardizers and nearline job; updates are produced
+into each entity's home DC (a hash of its key) at the given rate, and every 2 s one line shows, per DC,
+how fresh its Redis is: the age of the oldest sampled update (produced in any DC) whose embedding is
+not readable there yet, and how many sampled updates it already serves.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections import deque
+
+from nearline.config import Config
+
+
+def run_multidc_demo(cfg: Config, n_dcs: int, rate: float, duration: float | None, members: int, jobs: int) -> int:
+    import os
+
+    from nearline import kafka_io
+    from nearline.codec import Codec
+    from nearline.marketplace.generate import MarketplaceSpec, generate
+    from nearline.marketplace.stream import UpdateStreamer, load_marketplace
+    from nearline.multidc import MultiDCServices
+    from nearline.store import RedisEmbeddingStore
+
+    m = MultiDCServices(cfg, n_dcs)
+    print(f"starting {n_dcs} data centers (Kafka + Redis each) and MirrorMaker 2 ...", flush=True)
+    st = m.up()
+    ep = st["endpoints"]
+    data = cfg.path(cfg.standardizers.taxonomy_dir).resolve()
+    if not (data / "summary.json").exists():
+        print(f"generating the marketplace into {data} ...")
+        generate(MarketplaceSpec(members=members, jobs=jobs), data)
+    base = {"models": {"registry": str(cfg.path(cfg.models.registry).resolve())},
+            "standardizers": {"taxonomy_dir": str(data)}, "job": {"metrics_port": cfg.job.metrics_port}}
+    confs = m.write_dc_configs(ep, m.state_dir / "configs", base)
+    procs: dict[str, subprocess.Popen] = {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for name, conf in confs.items():
+        logs = m.state_dir / name / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "nearline.cli", "--config", str(conf)]
+        for p in cfg.standardizers.processors:
+            procs[f"{name}/standardize-{p}"] = subprocess.Popen(cmd + ["standardize", "--processor", p], env=env,
+                                                                stdout=open(logs / f"standardize-{p}.log", "ab"),
+                                                                stderr=subprocess.STDOUT)
+        procs[f"{name}/job"] = subprocess.Popen(cmd + ["run"], env=env, stdout=open(logs / "job.log", "ab"),
+                                                stderr=subprocess.STDOUT)
+    print(f"started {len(procs)} processes (logs in {m.state_dir}/<dc>/logs); streaming {rate:g} updates/s into "
+          "each entity's home DC. Ctrl-C stops everything.", flush=True)
+
+    stop = threading.Event()
+    samples: deque = deque(maxlen=400)  # (key, version, produced_at monotonic, home dc)
+    sent = {name: 0 for name in m.names}
+
+    def stream():
+        streamer = UpdateStreamer(load_marketplace(data), seed=int(time.time()) % 100_000)
+        producers = {name: kafka_io.make_producer(ep[name]["kafka_bootstrap"], cfg.kafka.producer_linger_ms) for name in m.names}
+        codec, start, i = Codec(), time.monotonic(), 0
+        while not stop.is_set():
+            try:
+                ev = streamer.next()
+            except StopIteration:
+                streamer = UpdateStreamer(load_marketplace(data), seed=i)
+                continue
+            home = m.names[zlib.crc32(ev.key.encode()) % len(m.names)]
+            producers[home].send(cfg.topics.entity_updates, key=ev.key.encode(), value=codec.encode("EntityUpdate", ev.record))
+            sent[home] += 1
+            if i % 20 == 0 and ev.record["op"] == "UPSERT":
+                samples.append((ev.key, ev.record["version"], time.monotonic(), home))
+            i += 1
+            wait = start + i / rate - time.monotonic()
+            if wait > 0:
+                stop.wait(wait)
+        for p in producers.values():
+            p.flush()
+            p.close()
+
+    stores = {name: RedisEmbeddingStore(ep[name]["redis_url"], cfg.redis.key_prefix) for name in m.names}
+
+    def freshness(name: str) -> tuple[float, int]:
+        """(age of the oldest sample not yet readable in this DC, samples readable)."""
+        now, oldest, ok = time.monotonic(), 0.0, 0
+        snap = list(samples)
+        if not snap:
+            return 0.0, 0
+        try:
+            pipe = stores[name].r.pipeline(transaction=False)
+            for key, _, _, _ in snap:
+                pipe.hget(stores[name].key(*key.split(":", 1)), "_v")
+            got = pipe.execute()
+        except Exception:
+            return float("nan"), 0
+        for (key, version, t, _), v in zip(snap, got):
+            if v is not None and int(v) >= version:
+                ok += 1
+            elif now - t > oldest:
+                oldest = now - t
+        return oldest, ok
+
+    interrupted = []
+    old = signal.signal(signal.SIGINT, lambda *a: interrupted.append(1))
+    t = threading.Thread(target=stream, daemon=True)
+    t.start()
+    t0, rc = time.monotonic(), 0
+    try:
+        while not interrupted and (duration is None or time.monotonic() - t0 < duration):
+            time.sleep(2.0)
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                print(f"process(es) exited: {dead}; see {m.state_dir}/<dc>/logs", file=sys.stderr)
+                rc = 1
+                break
+            cols = []
+            for name in m.names:
+                age, ok = freshness(name)
+                job_log = m.state_dir / name / "logs" / "job.log"
+                ready = job_log.exists() and "partition group" in job_log.read_text(errors="replace")
+                cols.append(f"{name}: sent {sent[name]:5d}, serves {ok:3d}/{len(samples)} samples, oldest unserved "
+                            f"{age:5.1f}s{'' if ready else ' (job starting)'}")
+            print(f"[{time.monotonic() - t0:6.0f}s] " + " | ".join(cols), flush=True)
+    finally:
+        signal.signal(signal.SIGINT, old)
+        print("stopping ...")
+        stop.set()
+        t.join(timeout=10)
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        m.down()
+        print("stopped cleanly")
+    return rc
