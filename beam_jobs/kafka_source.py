@@ -61,16 +61,20 @@ class ReadPartitionGroups(beam.DoFn):
 
     def __init__(self, bootstrap: str, topics: list[str], group_id: str, redis_url: str, redis_prefix: str,
                  max_poll_records: int = 1000, poll_timeout_ms: int = 100, groups: int = 1, lag_every_s: float = 5.0,
-                 drain_budget_ms: float = 30.0):
+                 drain_budget_ms: float = 30.0, security: dict | None = None):
         self.bootstrap, self.topics, self.group_id = bootstrap, topics, group_id
         self.redis_url, self.redis_prefix = redis_url, redis_prefix
         self.max_poll_records, self.lag_every_s, self.drain_budget_ms = max_poll_records, lag_every_s, drain_budget_ms
         self.drain_min_records = max(1, max_poll_records // 10)
+        self.security = dict(security or {})  # kafka_io.security_settings(cfg.kafka): TLS/SASL of the consumers
         self.poll_timeout_ms = max(1, poll_timeout_ms // max(1, groups))
 
     def setup(self):
         from nearline.store import ReadMarks, RedisEmbeddingStore
 
+        from nearline import kafka_io
+
+        kafka_io._SECURITY.update(self.security)  # this DoFn may run in another process (Flink workers)
         self._consumers = {}
         self._next_lag = {}
         self._replay_until = {}

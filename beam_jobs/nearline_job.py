@@ -95,6 +95,7 @@ class PublishEmbeddingsFn(beam.DoFn):
         from nearline.pipeline import PublishStage
         from nearline.store import RedisEmbeddingStore
 
+        kafka_io.configure_security(self.cfg.kafka)  # this DoFn may run in another process (Flink workers)
         self.producer = kafka_io.make_producer(self.bootstrap, self.cfg.kafka.producer_linger_ms)
         self.stage = PublishStage(self.cfg, RedisEmbeddingStore(self.redis_url, self.cfg.redis.key_prefix), self.producer)
 
@@ -114,6 +115,7 @@ class CommitOffsetsFn(beam.DoFn):
         from nearline import kafka_io
         from nearline.pipeline import CommitStage
 
+        kafka_io.configure_security(self.cfg.kafka)
         self.consumer = kafka_io.make_consumer(self.bootstrap, self.cfg.kafka.consumer_group)
         self.stage = CommitStage(self.consumer)
 
@@ -127,6 +129,8 @@ class CommitOffsetsFn(beam.DoFn):
 
 
 def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None:
+    from nearline import kafka_io
+
     topics = cfg.input_topics()
     if cfg.job.io == "beam-kafkaio":
         records = _read_with_kafkaio(p, cfg, bootstrap, topics)
@@ -136,7 +140,7 @@ def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None
                    | "ReadKafka" >> beam.ParDo(ReadPartitionGroups(
                        bootstrap, topics, cfg.kafka.consumer_group, redis_url, cfg.redis.key_prefix,
                        cfg.job.max_poll_records, cfg.job.poll_timeout_ms, groups=cfg.topics.partitions,
-                       drain_budget_ms=cfg.job.drain_budget_ms)))
+                       drain_budget_ms=cfg.job.drain_budget_ms, security=kafka_io.security_settings(cfg.kafka))))
     batches = (records
                | "StandardizationJoin" >> beam.ParDo(StandardizationJoinFn(cfg))
                | "ScoreEmbeddings" >> beam.ParDo(ScoreEmbeddingsFn(cfg))

@@ -12,7 +12,11 @@ from nearline.config import load_config
 
 
 def _cfg(args):
-    return load_config(args.config)
+    cfg = load_config(args.config)
+    from nearline import kafka_io
+
+    kafka_io.configure_security(cfg.kafka)  # every Kafka client of this command gets TLS/SASL
+    return cfg
 
 
 # ---- services ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Environment overrides (they win over the file):
   NEARLINE_KAFKA_BOOTSTRAP  e.g. ``broker1:9092,broker2:9092``: use this cluster, start no local broker
   NEARLINE_REDIS_URL        e.g. ``redis://cache:6379/0``: use this Redis, start no local redis-server
   NEARLINE_CONFIG           path of the config file (default: ./nearline.yaml, else the repo's)
+  NEARLINE_KAFKA_SASL_PASSWORD  the SASL password (kafka.sasl_password), kept out of config files
 """
 
 from __future__ import annotations
@@ -54,6 +55,21 @@ class KafkaConfig:
     heartbeat_interval_ms: int = 1000
     producer_linger_ms: int = 5
     """Producer batching delay; the job flushes before it commits anyway."""
+    security_protocol: str = "PLAINTEXT"
+    """PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL, for every Kafka client of the service (job,
+    standardizers, consumer client, CLI)."""
+    sasl_mechanism: str = ""
+    """With SASL_*: PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512."""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    """Prefer the environment variable NEARLINE_KAFKA_SASL_PASSWORD to a password in a file."""
+    ssl_cafile: str = ""
+    """With SSL/SASL_SSL: PEM file of the CA that signed the brokers' certificates (empty: system CAs)."""
+    ssl_certfile: str = ""
+    """PEM client certificate, for brokers that require client authentication (mTLS)."""
+    ssl_keyfile: str = ""
+    ssl_check_hostname: bool = True
+    """Verify that a broker's certificate names the host connected to."""
 
 
 @dataclass
@@ -75,6 +91,10 @@ class ServicesConfig:
     """Port of the local broker; 0 picks a free one."""
     kafka_controller_port: int = 0
     """KRaft controller port of the local Apache Kafka; 0 picks a free one at every start."""
+    kafka_secure_listeners: bool = False
+    """Also open SASL_PLAINTEXT and SASL_SSL listeners (PLAIN and SCRAM-SHA-256, a self-signed
+    certificate made with openssl) on the local Apache Kafka, to try the kafka.security_* settings;
+    `nearline services status --json` shows their addresses and the local credentials."""
     redis_port: int = 16379
     """Port of the local redis-server; 0 picks a free one."""
     start_timeout_s: float = 60.0
@@ -206,6 +226,15 @@ class Config:
             raise ConfigError(f"join.timeout_policy must be 'partial' or 'dead_letter', not {self.join.timeout_policy!r}")
         if self.services.broker not in ("kafka", "noida"):
             raise ConfigError(f"services.broker must be 'kafka' or 'noida', not {self.services.broker!r}")
+        k = self.kafka
+        if k.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ConfigError(f"kafka.security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, not {k.security_protocol!r}")
+        if k.security_protocol.startswith("SASL_"):
+            if k.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+                raise ConfigError(f"kafka.sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with "
+                                  f"{k.security_protocol}, not {k.sasl_mechanism!r}")
+            if not k.sasl_username:
+                raise ConfigError(f"kafka.sasl_username is required with {k.security_protocol}")
         if self.job.io not in ("kafka-python", "beam-kafkaio"):
             raise ConfigError(f"job.io must be 'kafka-python' or 'beam-kafkaio', not {self.job.io!r}")
         if self.topics.partitions < 1:
@@ -269,4 +298,6 @@ def load_config(path: str | Path | None = None, *, env: dict | None = None) -> C
         cfg.kafka.bootstrap = env["NEARLINE_KAFKA_BOOTSTRAP"]
     if env.get("NEARLINE_REDIS_URL"):
         cfg.redis.url = env["NEARLINE_REDIS_URL"]
+    if env.get("NEARLINE_KAFKA_SASL_PASSWORD"):
+        cfg.kafka.sasl_password = env["NEARLINE_KAFKA_SASL_PASSWORD"]
     return cfg.validate()

@@ -15,6 +15,40 @@ from nearline.lifecycle import backoff_sleep
 
 log = logging.getLogger(__name__)
 
+# Security settings (TLS, SASL) every client of this process gets: set once from the config by
+# configure_security() (the CLI does it at start-up; Beam DoFns again in setup(), since on a
+# distributed runner they run in other processes). One place, so no client is forgotten.
+_SECURITY: dict = {}
+
+
+def security_settings(kafka_cfg) -> dict:
+    """kafka-python keyword arguments for a KafkaConfig's security fields."""
+    out: dict = {}
+    proto = getattr(kafka_cfg, "security_protocol", "PLAINTEXT") or "PLAINTEXT"
+    if proto == "PLAINTEXT":
+        return out
+    out["security_protocol"] = proto
+    if proto.startswith("SASL_"):
+        out.update(sasl_mechanism=kafka_cfg.sasl_mechanism, sasl_plain_username=kafka_cfg.sasl_username,
+                   sasl_plain_password=kafka_cfg.sasl_password)
+    if proto in ("SSL", "SASL_SSL"):
+        out["ssl_check_hostname"] = kafka_cfg.ssl_check_hostname
+        for key, val in (("ssl_cafile", kafka_cfg.ssl_cafile), ("ssl_certfile", kafka_cfg.ssl_certfile),
+                         ("ssl_keyfile", kafka_cfg.ssl_keyfile)):
+            if val:
+                out[key] = val
+    return out
+
+
+def configure_security(kafka_cfg) -> None:
+    """Make every client this process creates from now on use the config's TLS/SASL settings."""
+    _SECURITY.clear()
+    _SECURITY.update(security_settings(kafka_cfg))
+
+
+def _with_security(kw: dict) -> dict:
+    return {**_SECURITY, **kw}
+
 __all__ = ["TopicPartition", "ConsumerRebalanceListener", "ensure_topics", "make_producer", "make_consumer", "commit", "KafkaError"]
 
 
@@ -24,7 +58,9 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, replic
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+            admin = KafkaAdminClient(**_with_security(dict(
+                bootstrap_servers=bootstrap, request_timeout_ms=5000,
+                bootstrap_timeout_ms=int(1000 * min(5.0, max(0.5, deadline - time.monotonic()))))))
             break
         except KafkaError:
             if time.monotonic() > deadline:
@@ -49,7 +85,7 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, replic
 
 
 def delete_topics(bootstrap: str, topics: Iterable[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**_with_security(dict(bootstrap_servers=bootstrap)))
     try:
         existing = set(admin.list_topics())
         victims = [t for t in topics if t in existing]
@@ -61,8 +97,8 @@ def delete_topics(bootstrap: str, topics: Iterable[str]) -> None:
 
 def make_producer(bootstrap: str, linger_ms: int = 5, **kw) -> KafkaProducer:
     # acks=all + flush before committing input offsets: an acknowledged send is durable on the broker
-    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
-                         retries=5, max_in_flight_requests_per_connection=1, **kw)
+    return KafkaProducer(**_with_security(dict(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
+                                               retries=5, max_in_flight_requests_per_connection=1, **kw)))
 
 
 def make_consumer(bootstrap: str, group: str | None, *, session_timeout_ms: int = 6000,
@@ -71,9 +107,10 @@ def make_consumer(bootstrap: str, group: str | None, *, session_timeout_ms: int 
     # fetch_max_wait_ms: the broker may hold a fetch this long waiting for data; the default 500 ms
     # put half a second of latency on every hop of the nearline chain.
     kw.setdefault("auto_offset_reset", "earliest")
-    return KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                         session_timeout_ms=session_timeout_ms, heartbeat_interval_ms=heartbeat_interval_ms,
-                         fetch_max_wait_ms=fetch_max_wait_ms, **kw)
+    return KafkaConsumer(**_with_security(dict(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                                               session_timeout_ms=session_timeout_ms,
+                                               heartbeat_interval_ms=heartbeat_interval_ms,
+                                               fetch_max_wait_ms=fetch_max_wait_ms, **kw)))
 
 
 def commit(consumer: KafkaConsumer, offsets: dict[TopicPartition, int], timeout_ms: int | None = None) -> None:

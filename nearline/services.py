@@ -86,10 +86,53 @@ class KafkaBroker:
 
     HEAP = "512m"
 
-    def __init__(self, root: Path, port: int, controller_port: int, extra_props: dict[str, str] | None = None):
+    # Credentials of the optional SASL listeners (services.kafka_secure_listeners): a local test broker's,
+    # written to <root>/credentials.json for the clients; production brokers bring their own.
+    SASL_USER, SASL_PASSWORD = "nearline", "nearline-secret"
+
+    def __init__(self, root: Path, port: int, controller_port: int, extra_props: dict[str, str] | None = None,
+                 sasl_port: int | None = None, sasl_ssl_port: int | None = None):
         self.root, self.port, self.controller_port = Path(root), port, controller_port
         self.data = self.root / "data"
         self.extra_props = extra_props or {}
+        self.sasl_port, self.sasl_ssl_port = sasl_port, sasl_ssl_port
+        self.tls_dir = self.root / "tls"
+
+    def _secure_props(self) -> dict[str, str]:
+        """SASL_PLAINTEXT and SASL_SSL listeners, each with PLAIN and SCRAM-SHA-256 (inter-broker and
+        controller traffic stays PLAINTEXT on loopback)."""
+        listeners, adv, proto = [], [], []
+        props: dict[str, str] = {"sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256"}
+        plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
+                 f'username="{self.SASL_USER}" password="{self.SASL_PASSWORD}" '
+                 f'user_{self.SASL_USER}="{self.SASL_PASSWORD}";')
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        for name, port in (("SASL_PLAINTEXT", self.sasl_port), ("SASL_SSL", self.sasl_ssl_port)):
+            if not port:
+                continue
+            listeners.append(f"{name}://127.0.0.1:{port}")
+            proto.append(f"{name}:{name}")
+            low = name.lower()
+            props[f"listener.name.{low}.plain.sasl.jaas.config"] = plain
+            props[f"listener.name.{low}.scram-sha-256.sasl.jaas.config"] = scram
+        if self.sasl_ssl_port:
+            props.update({"ssl.keystore.type": "PEM", "ssl.keystore.location": str(self.tls_dir / "broker.pem"),
+                          "ssl.client.auth": "none"})
+        return {"_listeners": ",".join(listeners), "_proto": ",".join(proto), **props}
+
+    def ensure_tls(self) -> Path:
+        """A self-signed certificate for 127.0.0.1/localhost (openssl); returns the CA file clients trust."""
+        self.tls_dir.mkdir(parents=True, exist_ok=True)
+        key, cert = self.tls_dir / "key.pem", self.tls_dir / "ca.pem"
+        if not cert.exists():
+            res = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                                  "-out", str(cert), "-days", "3650", "-subj", "/CN=localhost",
+                                  "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                                 capture_output=True, text=True)
+            if res.returncode != 0:
+                raise ServiceError(f"openssl could not make the local broker's certificate: {res.stderr.strip()[-200:]}")
+            (self.tls_dir / "broker.pem").write_text(key.read_text() + cert.read_text())
+        return cert
 
     def properties(self) -> dict[str, str]:
         props = {
@@ -113,11 +156,20 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "num.partitions": "4",
         }
+        if self.sasl_port or self.sasl_ssl_port:
+            sec = self._secure_props()
+            props["listeners"] += "," + sec.pop("_listeners")
+            props["advertised.listeners"] += "," + ",".join(
+                ln for ln in props["listeners"].split(",") if ln.startswith("SASL_"))
+            props["listener.security.protocol.map"] += "," + sec.pop("_proto")
+            props.update(sec)
         props.update(self.extra_props)
         return props
 
     def prepare(self, java: str, classpath: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.sasl_ssl_port:
+            self.ensure_tls()
         conf = self.root / "server.properties"
         conf.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
         if (self.data / "meta.properties").exists():
@@ -129,8 +181,11 @@ class KafkaBroker:
             if res.returncode != 0:
                 raise ServiceError(f"kafka StorageTool random-uuid failed: {res.stderr.strip()[-300:]}")
             id_file.write_text(res.stdout.strip().splitlines()[-1])
+        scram = (["--add-scram", f"SCRAM-SHA-256=[name={self.SASL_USER},password={self.SASL_PASSWORD}]"]
+                 if (self.sasl_port or self.sasl_ssl_port) else [])
         res = subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t",
-                              id_file.read_text().strip(), "-c", str(conf)], capture_output=True, text=True, timeout=60)
+                              id_file.read_text().strip(), "-c", str(conf), *scram],
+                             capture_output=True, text=True, timeout=60)
         if res.returncode != 0:
             raise ServiceError(f"formatting the Kafka log dir {self.data} failed: {(res.stdout + res.stderr).strip()[-300:]}")
 
@@ -170,6 +225,12 @@ class ServicesState:
     kafka_pid: int | None = None
     redis_pid: int | None = None
     started: list[str] = field(default_factory=list)
+    # with services.kafka_secure_listeners: the SASL listeners of the local Apache Kafka and their credentials
+    kafka_sasl_bootstrap: str = ""
+    kafka_sasl_ssl_bootstrap: str = ""
+    kafka_ca_file: str = ""
+    kafka_sasl_user: str = ""
+    kafka_sasl_password: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -244,8 +305,15 @@ class LocalServices:
                 cport = self.cfg.services.kafka_controller_port or free_port()
                 if port_open("127.0.0.1", cport):
                     raise ServiceError(f"port {cport} is taken by another process; set services.kafka_controller_port (0 = any free port)")
-                broker = KafkaBroker(self.state_dir / "kafka", port, cport)
+                secure = self.cfg.services.kafka_secure_listeners
+                sasl_port, ssl_port = (free_port(), free_port()) if secure else (None, None)
+                broker = KafkaBroker(self.state_dir / "kafka", port, cport, sasl_port=sasl_port, sasl_ssl_port=ssl_port)
                 broker.prepare(java, cp)
+                if secure:
+                    st.kafka_sasl_bootstrap = f"127.0.0.1:{sasl_port}"
+                    st.kafka_sasl_ssl_bootstrap = f"127.0.0.1:{ssl_port}"
+                    st.kafka_ca_file = str(broker.tls_dir / "ca.pem")
+                    st.kafka_sasl_user, st.kafka_sasl_password = KafkaBroker.SASL_USER, KafkaBroker.SASL_PASSWORD
                 cmd = broker.command(java, cp)
                 ready, what = (lambda: metadata_ok(bootstrap)), f"Apache Kafka {jars.KAFKA_VERSION}"
             else:
@@ -288,6 +356,10 @@ class LocalServices:
             if not self.cfg.kafka.bootstrap:
                 out.update(kafka_bootstrap=st.kafka_bootstrap, broker=st.broker,
                            kafka_pid=st.kafka_pid if st.kafka_pid and pid_alive(st.kafka_pid) else None)
+                if st.kafka_sasl_bootstrap:
+                    out.update(kafka_sasl_bootstrap=st.kafka_sasl_bootstrap, kafka_sasl_ssl_bootstrap=st.kafka_sasl_ssl_bootstrap,
+                               kafka_ca_file=st.kafka_ca_file, kafka_sasl_user=st.kafka_sasl_user,
+                               kafka_sasl_password=st.kafka_sasl_password)
             if not self.cfg.redis.url:
                 out.update(redis_url=st.redis_url,
                            redis_pid=st.redis_pid if st.redis_pid and pid_alive(st.redis_pid) else None)
