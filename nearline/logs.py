@@ -1,0 +1,77 @@
+"""Logging set-up of every `nearline` process: plain text for people, or one JSON object per line for log
+collectors (`--log-format json` or NEARLINE_LOG_FORMAT=json), via python-json-logger (a small, widely
+used formatter; we did not want to hand-roll JSON escaping of messages and tracebacks).
+
+Beam and kafka-python log warnings at start-up that are normal for this service and mean nothing to a
+user; they are filtered here (see QUIET) unless --verbose is given, which shows everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import warnings
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# (logger name prefix, message regex): start-up noise, with why it is harmless here.
+QUIET = [
+    # importing apache_beam probes for the GCP extras (we use none of them) and warns on the root logger
+    ("root", re.compile(r"apitools not found|bigquery client libraries")),
+    # FnApiRunner without a --temp_location / job server: it falls back to a local temp dir, as intended
+    ("apache_beam", re.compile(r"(?i)temp_location|staging_location|job_server")),
+    # Beam's type-hint inference cannot see through our DoFns' generics; the graph is still correct
+    ("apache_beam", re.compile(r"(?i)type ?hint|typehints|Unable to infer")),
+    # the in-process runner warns that it is not meant for production; here it is the local default
+    ("apache_beam", re.compile(r"(?i)not ?(be )?supported|discouraged|experimental")),
+    # the Python SDK warns about missing optional C extensions / native coders on plain installs
+    ("apache_beam", re.compile(r"(?i)cythoniz|compiled|fast(er)? ?(coder|implementation)")),
+    # kafka-python probes the broker version on connect and logs the fallback
+    ("kafka", re.compile(r"(?i)api.version|probing")),
+]
+
+
+class StartupNoiseFilter(logging.Filter):
+    """Drops the known-harmless records listed in QUIET (WARNING and below; errors always pass)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        msg = record.getMessage()
+        return not any(record.name.startswith(prefix) and rx.search(msg) for prefix, rx in QUIET)
+
+
+def json_formatter() -> logging.Formatter:
+    from pythonjsonlogger.json import JsonFormatter
+
+    # time, level, logger and message under stable keys; exc_info becomes a string field
+    return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s %(process)d %(threadName)s",
+                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                         datefmt="%Y-%m-%dT%H:%M:%S%z")
+
+
+def setup(verbose: bool = False, fmt: str | None = None, stream=None) -> None:
+    """Configure the root logger once per process (replacing earlier handlers)."""
+    fmt = (fmt or os.environ.get("NEARLINE_LOG_FORMAT") or "text").lower()
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {FORMATS}, not {fmt!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    if not verbose:
+        handler.addFilter(StartupNoiseFilter())
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if not verbose:
+        # Beam's INFO chatter (bundle processing, worker handlers) drowns the job's own lines
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        # Python warnings from dependencies at import time (e.g. DeprecationWarning) are for developers
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="apache_beam.*")
+    logging.captureWarnings(True)
