@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -390,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logs.setup(verbose=args.verbose, fmt=args.log_format)
+    if args.log_format:  # the processes `nearline demo` starts log the same way
+        os.environ["NEARLINE_LOG_FORMAT"] = args.log_format
     try:
         return args.func(args)
     except KeyboardInterrupt:
