@@ -243,12 +243,11 @@ def cmd_tail(args) -> int:
 def cmd_get(args) -> int:
     from nearline.client import EmbeddingClient
     from nearline.health import require_redis
+    from nearline.services import resolve_endpoints
 
     cfg = _cfg(args)
     if args.entity_type not in cfg.entity_types:
         raise ConfigError(f"unknown entity type {args.entity_type!r}; this service embeds {cfg.entity_types}")
-    from nearline.services import resolve_endpoints
-
     bootstrap, redis_url = resolve_endpoints(cfg)
     require_redis(redis_url)
     with EmbeddingClient(cfg, bootstrap, redis_url) as client:
@@ -358,7 +357,9 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     from nearline.services import ServiceError
 
     def one_line(text: str) -> str:
-        return " ".join(str(text).split())
+        text = " ".join(str(text).split())
+        # e.g. a Beam pipeline error carries the worker's whole traceback in its message: keep its ends
+        return text if len(text) <= 600 else f"{text[:300]} ... {text[-250:]} (--verbose shows all)"
 
     if isinstance(exc, ConfigError):
         return one_line(f"config: {exc}"), 2

@@ -108,3 +108,5 @@ def test_unexpected_errors_are_one_line_too():
     msg, code = describe_error(ZeroDivisionError("division by zero\nsecond line"))
     assert msg == "ZeroDivisionError: division by zero second line (unexpected; run with --verbose for the traceback)"
     assert code == 1
+    msg, _ = describe_error(RuntimeError("Pipeline failed: " + "frame\n" * 500 + "ValueError: the real cause"))
+    assert len(msg) < 700 and msg.startswith("RuntimeError: Pipeline failed") and "the real cause" in msg
