@@ -60,7 +60,8 @@ def setup(verbose: bool = False, fmt: str | None = None, stream=None) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("kafka").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # kafka-python at DEBUG logs every request (and slows its network loop): warnings only, even with -v
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     if not verbose:
         # Beam's INFO chatter (bundle processing, worker handlers) drowns the job's own lines
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
