@@ -116,17 +116,18 @@ def cmd_models(args) -> int:
 
 # ---- training ---------------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    cfg = _cfg(args)
+    if not Path(args.config_file).is_file():  # before importing torch (seconds)
+        raise ConfigError(f"training config {args.config_file} not found (see models/configs/*.yaml)")
     try:
         from models.train import run_training
     except ImportError as exc:
-        print(f"training needs the train extra (torch==2.13.0): pip install -e '.[train]' ({exc})", file=sys.stderr)
+        print(f"nearline: error: training needs the train extra (torch==2.13.0): pip install -e '.[train]' ({exc})",
+              file=sys.stderr)
         return 2
     from models.multitask import TrainConfig
     from nearline.registry import Registry
 
-    cfg = _cfg(args)
-    if not Path(args.config_file).is_file():
-        raise ConfigError(f"training config {args.config_file} not found (see models/configs/*.yaml)")
     try:
         TrainConfig.from_yaml(Path(args.config_file))
     except Exception as exc:  # KeyError/TypeError/ValueError/YAMLError: all mean "not a training config"
