@@ -152,7 +152,7 @@ def test_running_job_serves_metrics_and_readiness(kafka_bootstrap, redis_url, un
         "job": {"metrics_port": port, "log_every_s": 2},
         "models": {"registry": str(REPO_ROOT / "models/registry.yaml")}}))
     log = tmp_path / "job.log"
-    job = subprocess.Popen([sys.executable, "-m", "nearline.cli", "--config", str(conf), "run"],
+    job = subprocess.Popen([sys.executable, "-m", "nearline.cli", "--log-format", "json", "--config", str(conf), "run"],
                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
@@ -201,6 +201,12 @@ def test_running_job_serves_metrics_and_readiness(kafka_bootstrap, redis_url, un
             job.kill()
             job.wait()
     text = log.read_text()
+    # --log-format json: every line the job wrote is one JSON object (nothing bypasses the handler)
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert records[-1]["message"] == "stopped" and not any("exc_info" in r for r in records), text[-3000:]
     # Beam's start-up noise is filtered: nothing but the job's own lines warns at start-up
     assert "apitools" not in text and "may not be deterministic" not in text, text[-3000:]
-    assert "Traceback" not in text and text.rstrip().endswith("stopped"), text[-3000:]
+    warnings = [r for r in records if r["level"] == "WARNING"]
+    assert sum(r["logger"] == "nearline.pipeline" and "dead letter" in r["message"] for r in warnings) == 2
+    assert not [r for r in warnings if r["logger"] == "root" or r["logger"].startswith("apache_beam")], warnings
