@@ -2,8 +2,8 @@
 collectors (`--log-format json` or NEARLINE_LOG_FORMAT=json), via python-json-logger (a small, widely
 used formatter; we did not want to hand-roll JSON escaping of messages and tracebacks).
 
-Beam logs warnings at start-up that are normal for this service and mean nothing to a user; they are
-filtered here (see QUIET, which says why each is harmless) unless --verbose is given, which shows
+Beam (at start-up) and kafka-python (under CPU load) log warnings that are normal for this service and
+mean nothing to a user; they are filtered here (see QUIET, which says why each is harmless) unless --verbose is given, which shows
 everything.
 """
 
@@ -24,6 +24,9 @@ QUIET = [
     ("root", re.compile(r"apitools not found|bigquery client libraries are not available")),
     # the stateful join is keyed by the partition-group *int*: FastPrimitivesCoder is deterministic for it
     ("apache_beam.transforms.core", re.compile(r"Key coder .* with stateful DoFn may not be deterministic")),
+    # kafka-python 3's I/O loop warns whenever one step takes >100 ms, which a busy 2-core machine does
+    # all the time (seen by the dozen per second in `nearline demo`); our timeouts are seconds, not 100 ms
+    ("kafka.net.selector", re.compile(r"ran for .* blocking the event loop")),
 ]
 
 

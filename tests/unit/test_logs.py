@@ -43,10 +43,14 @@ def test_beam_startup_noise_filtered_unless_verbose(restore_logging):
         logs.setup(verbose=verbose, stream=out)
         logging.getLogger("apache_beam.transforms.core").warning(noise)
         logging.getLogger().warning("apitools not found, and bigquery client libraries are not available")
+        logging.getLogger("kafka.net.selector").warning(
+            "Task <kafka.net.selector.Task object at 0x7f> ran for 0.171s (>0.100s threshold). It is blocking the "
+            "event loop -- likely a tight sync loop inside a coroutine. Other pollers will time out.")
         logging.getLogger("apache_beam.transforms.core").warning("a real Beam warning")
         text = out.getvalue()
         assert ("may not be deterministic" in text) is expect_noise
         assert ("apitools" in text) is expect_noise
+        assert ("blocking the event loop" in text) is expect_noise
         assert "a real Beam warning" in text  # only the listed, explained messages are dropped
 
 
