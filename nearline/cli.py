@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
-from nearline.config import load_config
+from nearline.config import ConfigError, load_config
 
 
 def _cfg(args):
@@ -86,8 +87,11 @@ def cmd_marketplace(args) -> int:
     from nearline.marketplace.stream import UpdateStreamer, load_marketplace, publish
     from nearline.services import resolve_endpoints
 
+    from nearline.health import require_kafka
+
     bootstrap, _ = resolve_endpoints(cfg)
     streamer = UpdateStreamer(load_marketplace(out), seed=args.seed)
+    require_kafka(bootstrap)
     producer = kafka_io.make_producer(bootstrap, cfg.kafka.producer_linger_ms)
     counts = publish(streamer, producer, cfg.topics.entity_updates, Codec(), args.count, args.rate)
     producer.close()
@@ -97,11 +101,13 @@ def cmd_marketplace(args) -> int:
 
 # ---- standardizers ----------------------------------------------------------------------------
 def cmd_standardize(args) -> int:
+    from nearline.health import require_kafka
     from nearline.services import resolve_endpoints
     from nearline.standardize import run_processor
 
     cfg = _cfg(args)
     bootstrap, _ = resolve_endpoints(cfg)
+    require_kafka(bootstrap)
     stats = run_processor(cfg, args.processor, bootstrap, max_messages=args.max_messages, idle_exit_s=args.idle_exit)
     print(json.dumps({"processor": args.processor, **stats}))
     return 0
@@ -140,14 +146,23 @@ def cmd_models(args) -> int:
 
 # ---- training ---------------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    cfg = _cfg(args)
+    if not Path(args.config_file).is_file():  # before importing torch (seconds)
+        raise ConfigError(f"training config {args.config_file} not found (see models/configs/*.yaml)")
     try:
         from models.train import run_training
     except ImportError as exc:
-        print(f"training needs the train extra (torch==2.13.0): pip install -e '.[train]' ({exc})", file=sys.stderr)
+        print(f"nearline: error: training needs the train extra (torch==2.13.0): pip install -e '.[train]' ({exc})",
+              file=sys.stderr)
         return 2
+    from models.multitask import TrainConfig
     from nearline.registry import Registry
 
-    cfg = _cfg(args)
+    try:
+        TrainConfig.from_yaml(Path(args.config_file))
+    except Exception as exc:  # KeyError/TypeError/ValueError/YAMLError: all mean "not a training config"
+        why = f"missing key {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"{args.config_file} is not a valid training config (see models/configs/*.yaml): {why}") from exc
     reg = Registry(cfg.path(cfg.models.registry))
     s = run_training(Path(args.config_file), Path(args.out) if args.out else None, args.version,
                      reg if args.register else None,
@@ -169,6 +184,7 @@ def cmd_run(args) -> int:
 
     from beam_jobs import nearline_job
     from nearline import metrics
+    from nearline.health import Readiness, require_kafka, require_redis
     from nearline.kafka_io import ensure_topics
     from nearline.lifecycle import STOP, StopRequested
     from nearline.services import resolve_endpoints
@@ -186,12 +202,17 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGTERM, stop)
     cfg = _cfg(args)
     bootstrap, redis_url = resolve_endpoints(cfg)
+    # at start-up a dead dependency is a one-line error in seconds; once running, the job waits for it
+    require_kafka(bootstrap)
+    require_redis(redis_url)
     try:
         ensure_topics(bootstrap, cfg.all_topics(), cfg.topics.partitions, cfg.topics.replication_factor)
-        metrics.serve(cfg.job.metrics_port)
+        j = cfg.job
+        metrics.serve(j.metrics_port, bind=j.metrics_bind, readiness=Readiness(
+            bootstrap, redis_url, max_lag=j.ready_max_lag, max_stall_s=j.ready_max_stall_s))
         metrics.start_logger(cfg.job.log_every_s)
-        log.info("nearline job: kafka %s, redis %s, runner %s, metrics :%s",
-                 bootstrap, redis_url, cfg.job.runner, cfg.job.metrics_port)
+        log.info("nearline job: kafka %s, redis %s, runner %s, metrics http://%s:%s/metrics (/healthz, /readyz)",
+                 bootstrap, redis_url, cfg.job.runner, j.metrics_bind, j.metrics_port)
         nearline_job.run(cfg, bootstrap, redis_url, args.beam_args)
     except Exception as exc:
         if STOP.is_set() and (isinstance(exc, StopRequested) or "stop requested" in str(exc)):
@@ -207,22 +228,33 @@ def cmd_tail(args) -> int:
     import numpy as np
 
     from nearline import kafka_io
-    from nearline.codec import Codec
+    from nearline.codec import Codec, CodecError
+    from nearline.health import require_kafka
     from nearline.services import resolve_endpoints
 
+    log = logging.getLogger("nearline.tail")
     cfg = _cfg(args)
     bootstrap, _ = resolve_endpoints(cfg)
+    require_kafka(bootstrap)
     topic = cfg.topics.dead_letter if args.dead_letters else cfg.topics.embeddings
+    expect = "DeadLetter" if args.dead_letters else "EntityEmbeddings"
     c = kafka_io.make_consumer(bootstrap, None, auto_offset_reset="earliest" if args.from_beginning else "latest")
-    c.assign([kafka_io.TopicPartition(topic, p) for p in kafka_io.partitions_of(c, topic)])
-    if not args.from_beginning:
-        c.seek_to_end()
-    codec, n = Codec(), 0
+    codec, n, skipped = Codec(), 0, 0
     try:
+        c.assign([kafka_io.TopicPartition(topic, p) for p in kafka_io.partitions_of(c, topic)])
+        if not args.from_beginning:
+            c.seek_to_end()
         while args.max is None or n < args.max:
-            for msgs in c.poll(500).values():
+            for msgs in c.poll(500, max_records=None if args.max is None else args.max - n).values():
                 for m in msgs:
-                    rec = codec.decode(m.value)
+                    if args.max is not None and n >= args.max:
+                        break
+                    try:
+                        rec = codec.decode(m.value, expect=expect)
+                    except CodecError as exc:  # a poison record is reported and skipped, never fatal
+                        skipped += 1
+                        log.warning("skipped %s[%d]@%d: %s", m.topic, m.partition, m.offset, exc)
+                        continue
                     if "embeddings" in rec:
                         for e in rec["embeddings"]:
                             e["vector"] = [round(float(x), 4) for x in np.frombuffer(e["vector"], "<f4")[:4]] + ["..."]
@@ -234,17 +266,31 @@ def cmd_tail(args) -> int:
         pass
     finally:
         c.close()
+        if skipped:
+            log.warning("%d record(s) skipped: not %s", skipped, expect)
     return 0
 
 
 def cmd_get(args) -> int:
     from nearline.client import EmbeddingClient
+    from nearline.health import require_redis
+    from nearline.services import resolve_endpoints
 
-    client = EmbeddingClient.from_config(args.config)
-    version, deleted, vecs = client.get_with_version(args.entity_type, args.entity_id)
+    cfg = _cfg(args)
+    if args.entity_type not in cfg.entity_types:
+        raise ConfigError(f"unknown entity type {args.entity_type!r}; this service embeds {cfg.entity_types}")
+    bootstrap, redis_url = resolve_endpoints(cfg)
+    require_redis(redis_url)
+    with EmbeddingClient(cfg, bootstrap, redis_url) as client:
+        version, deleted, vecs = client.get_with_version(args.entity_type, args.entity_id)
+        key = client.store.key(args.entity_type, args.entity_id)
+    if version is None and not vecs:
+        print(f"nearline: no embeddings for {args.entity_type}:{args.entity_id} in Redis at {redis_url} "
+              f"(key {key}): the entity is unknown or not processed yet", file=sys.stderr)
+        return 1
     print(json.dumps({"entity": f"{args.entity_type}:{args.entity_id}", "version": version, "deleted": deleted,
                       "embeddings": {k: [round(float(x), 5) for x in v] for k, v in vecs.items()}}, indent=None if args.compact else 2))
-    return 0 if vecs or deleted else 1
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -257,10 +303,22 @@ def cmd_demo(args) -> int:
     return run_demo(_cfg(args), args.config, args.rate, args.duration, args.members, args.jobs)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nearline", description="Nearline embedding service: keeps entity embeddings fresh in Redis and Kafka.")
     p.add_argument("--config", help="config file (default: $NEARLINE_CONFIG, ./nearline.yaml, or the repo's)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback of an error")
+    p.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="text (default) or json: one JSON object per log line (also $NEARLINE_LOG_FORMAT)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("demo", help="everything on local defaults: services, standardizers, the job, a steady stream, a live summary")
@@ -312,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("tail", help="print decoded EntityEmbeddings records as they are published")
     s.add_argument("--from-beginning", action="store_true")
     s.add_argument("--dead-letters", action="store_true", help="tail the dead-letter topic instead")
-    s.add_argument("--max", type=int, default=None, help="stop after this many records")
+    s.add_argument("--max", type=_positive_int, default=None, help="stop after this many records")
     s.set_defaults(func=cmd_tail)
 
     s = sub.add_parser("get", help="read an entity's embeddings from Redis")
@@ -324,15 +382,68 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("models", help="list registered model versions or check every package")
     s.add_argument("action", choices=["list", "check"])
     s.set_defaults(func=cmd_models)
+    for sp in sub.choices.values():  # the global options also after the subcommand: `nearline get ... -v`
+        sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as `nearline -v`")
+        sp.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS, help="as `nearline --log-format`")
     return p
 
 
+# ---- errors: one line a person can act on; the traceback only with --verbose ---------------------
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """(one-line message, exit code) for an exception that ended a command. 2: fix the config/arguments."""
+    from nearline.health import Unreachable
+    from nearline.services import ServiceError
+
+    def one_line(text: str) -> str:
+        text = " ".join(str(text).split())
+        # e.g. a Beam pipeline error carries the worker's whole traceback in its message: keep its ends
+        return text if len(text) <= 600 else f"{text[:300]} ... {text[-250:]} (--verbose shows all)"
+
+    if isinstance(exc, ConfigError):
+        return one_line(f"config: {exc}"), 2
+    if isinstance(exc, (Unreachable, ServiceError)):
+        return one_line(exc), 1
+    if isinstance(exc, FileNotFoundError):
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else (exc.args[0] if exc.args else str(exc))
+        return one_line(text), 1
+    try:
+        from nearline.registry import PackageError
+
+        if isinstance(exc, PackageError):
+            return one_line(f"model registry: {exc}"), 1
+    except ImportError:  # pragma: no cover
+        pass
+    from kafka.errors import KafkaError
+    from redis.exceptions import RedisError
+
+    if isinstance(exc, KafkaError):
+        return one_line(f"Kafka: {type(exc).__name__}: {exc}"), 1
+    if isinstance(exc, RedisError):
+        return one_line(f"Redis: {type(exc).__name__}: {exc}"), 1
+    if isinstance(exc, OSError):
+        return one_line(f"{type(exc).__name__}: {exc}"), 1
+    return one_line(f"{type(exc).__name__}: {exc} (unexpected; run with --verbose for the traceback)"), 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    from nearline import logs
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    return args.func(args)
+    logs.setup(verbose=args.verbose, fmt=args.log_format)
+    if args.log_format:  # the processes `nearline demo` starts log the same way
+        os.environ["NEARLINE_LOG_FORMAT"] = args.log_format
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        message, code = describe_error(exc)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"nearline: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

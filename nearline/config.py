@@ -144,7 +144,14 @@ class JobConfig:
     registry_poll_s: float = 2.0
     """How often the job re-reads models/registry.yaml for newly registered versions."""
     metrics_port: int = 9464
-    """Prometheus text endpoint on 127.0.0.1:<port>/metrics; 0 disables it."""
+    """HTTP port of /metrics (Prometheus), /healthz and /readyz; 0 disables it."""
+    metrics_bind: str = "127.0.0.1"
+    """Address the metrics/health server binds to; 0.0.0.0 in a container so Prometheus can scrape it."""
+    ready_max_lag: int = 100_000
+    """/readyz reports not ready while the summed input lag (messages not yet committed) exceeds this;
+    0 = lag is not checked."""
+    ready_max_stall_s: float = 60.0
+    """/readyz reports not ready when the job has not taken a batch from Kafka for this long."""
     log_every_s: float = 10.0
     """Period of the counters log line."""
 
@@ -289,8 +296,17 @@ def default_config_path() -> Path:
 
 def load_config(path: str | Path | None = None, *, env: dict | None = None) -> Config:
     env = os.environ if env is None else env
+    explicit = bool(path) or bool(env.get("NEARLINE_CONFIG"))
     path = Path(path) if path else default_config_path()
-    data = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    if explicit and not path.exists():
+        # a named config that is missing must not silently run on defaults
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if path.exists():
         data.setdefault("base_dir", str(path.resolve().parent))
     cfg = _build(Config, data, path.name)

@@ -8,25 +8,19 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from nearline.config import Config
 
 
 def _metrics(port: int) -> dict[str, float]:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-    except Exception:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, val = line.rpartition(" ")
-            try:
-                out[name] = out.get(name, 0.0) + float(val) if name.startswith("nearline_partition_lag") else float(val)
-            except ValueError:
-                pass
+    """Sample name -> value summed over its labels, plus the p50 publish latency in ms."""
+    from nearline.metrics import histogram_quantile, scrape
+
+    samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    out = {name: sum(v for _, v in rows) for name, rows in samples.items()}
+    if samples:
+        out["p50_ms"] = 1000 * histogram_quantile(0.5, samples.get("nearline_publish_latency_seconds_bucket", []))
     return out
 
 
@@ -125,7 +119,7 @@ def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float 
 
             computed = m.get("nearline_embeddings_computed_total", 0)
             dedup = m.get("nearline_embeddings_deduped_total", 0)
-            lag = sum(v for k, v in m.items() if k.startswith("nearline_partition_lag"))
+            lag = m.get("nearline_partition_lag", 0)
             sample = ""
             key = last_key["key"]  # read once: the streamer thread keeps changing it
             if key:
@@ -137,7 +131,7 @@ def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float 
                     k0 = sorted(got)[0]
                     vec = np.frombuffer(got[k0], "<f4")
                     sample = f" | {key} {k0} [{', '.join(f'{x:+.3f}' for x in vec[:4])}, ...]"
-            p50 = m.get('nearline_publish_latency_ms{quantile="0.5"}', float("nan"))
+            p50 = m.get("p50_ms", float("nan"))
             print(f"[{now - t0:6.0f}s] sent {counts['sent']} | read {rate_of('nearline_events_read_total'):6.0f}/s | "
                   f"joins {rate_of('nearline_joins_completed_total'):5.0f}/s | written {rate_of('nearline_embeddings_written_total'):5.0f}/s | "
                   f"dedupe {dedup / computed if computed else 0:4.0%} | lag {lag:.0f} | p50 {p50:.0f} ms | "

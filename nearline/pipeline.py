@@ -142,6 +142,7 @@ class JoinStage:
         for k, v in join.counters.items():
             self.metrics.inc(k, v - before.get(k, 0))
         self.metrics.set("pending_joins", len(join.pending), group=str(group))
+        self.metrics.set("last_batch_timestamp_seconds", time.time())  # /readyz: the job is consuming
         return wb
 
 

@@ -1,11 +1,11 @@
 """Consumers of the embeddings: the Python client (Redis, topic subscription with a cache, Hadamard
-scoring), `nearline get`, `nearline tail`, and the Prometheus endpoint."""
+scoring), `nearline get`, `nearline tail`. (The Prometheus endpoint: test_metrics.py; more of the
+client: test_client.py.)"""
 
 import json
 import subprocess
 import sys
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -14,9 +14,7 @@ import yaml
 from nearline import REPO_ROOT, kafka_io
 from nearline.client import EmbeddingClient
 from nearline.join import Deleted, Joined
-from nearline.metrics import Metrics, serve
 from nearline.pipeline import PublishStage, WorkBatch
-from nearline.services import free_port
 from nearline.store import RedisEmbeddingStore
 from tests.conftest import isolated_config
 
@@ -85,18 +83,3 @@ def test_cli_get_and_tail(published):
     assert len(recs) == 4 and {r["entity_id"] for r in recs} == {"m1", "j1", "j2"}
     assert any(r["deleted"] for r in recs)
 
-
-def test_prometheus_endpoint():
-    m = Metrics()
-    m.inc("events_read", 7)
-    m.set("partition_lag", 3, topic="t", partition=1)
-    m.observe_latency([1.0, 2.0, 50.0])
-    port = free_port()
-    server = serve(port, m)
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    finally:
-        server.shutdown()
-    assert "nearline_events_read_total 7" in text
-    assert 'nearline_partition_lag{partition="1",topic="t"} 3' in text
-    assert 'nearline_publish_latency_ms{quantile="0.5"} 2.000' in text

@@ -1,0 +1,178 @@
+"""EmbeddingClient against a real broker and Redis: poison records, broadcast vs consumer-group caches,
+readiness, lifecycle, and score() reusing its validated models; `nearline tail` / `get` edge cases."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from nearline import REPO_ROOT, kafka_io, registry
+from nearline.client import EmbeddingClient
+from nearline.codec import Codec
+from nearline.store import RedisEmbeddingStore
+from tests.conftest import isolated_config
+
+pytestmark = pytest.mark.integration
+
+CODEC = Codec()
+
+
+def embeddings_record(etype, eid, version, vec, deleted=False):
+    return CODEC.encode("EntityEmbeddings", {
+        "entity_type": etype, "entity_id": eid, "version": version, "deleted": deleted, "partial": False,
+        "embeddings": [] if deleted else [{"model": f"{etype}_pyramid", "model_version": "v1", "dim": len(vec),
+                                           "vector": np.asarray(vec, "<f4").tobytes(), "produced_at": 0}]})
+
+
+@pytest.fixture
+def env(kafka_bootstrap, redis_url, unique, tmp_path):
+    cfg = isolated_config(kafka_bootstrap, redis_url, unique)
+    cfg.models.registry = str(REPO_ROOT / "models/registry.yaml")
+    kafka_io.ensure_topics(kafka_bootstrap, cfg.all_topics(), cfg.topics.partitions)
+    prod = kafka_io.make_producer(kafka_bootstrap)
+    conf = tmp_path / "nearline.yaml"
+    t = cfg.topics
+    conf.write_text(yaml.safe_dump({
+        "topics": {"entity_updates": t.entity_updates, "standardized_prefix": t.standardized_prefix,
+                   "embeddings": t.embeddings, "dead_letter": t.dead_letter},
+        "kafka": {"bootstrap": kafka_bootstrap}, "redis": {"url": redis_url, "key_prefix": cfg.redis.key_prefix},
+        "models": {"registry": str(REPO_ROOT / "models/registry.yaml")}}))
+    yield cfg, prod, conf
+    prod.close()
+
+
+def client_of(cfg):
+    return EmbeddingClient(cfg, cfg.kafka.bootstrap, cfg.redis.url)
+
+
+def publish_jobs(cfg, prod, n, version=1):
+    for i in range(n):
+        prod.send(cfg.topics.embeddings, key=f"job:j{i}".encode(), value=embeddings_record("job", f"j{i}", version, [i, 1.0]))
+    prod.flush()
+
+
+def test_poison_records_are_skipped_counted_and_later_records_applied(env):
+    cfg, prod, _ = env
+    topic = cfg.topics.embeddings
+    # all in one partition, so the good records come after the poison in the same stream
+    prod.send(topic, partition=0, key=b"job:a", value=embeddings_record("job", "a", 1, [1, 2]))
+    prod.send(topic, partition=0, key=b"job:x", value=b"definitely not avro")
+    prod.send(topic, partition=0, key=b"member:m", value=CODEC.encode("EntityUpdate", {
+        "entity_type": "member", "entity_id": "m", "version": 1, "op": "UPSERT", "event_time": 0, "fields": {}}))
+    prod.send(topic, partition=0, key=b"job:b", value=embeddings_record("job", "b", 1, [3, 4]))
+    prod.flush()
+    with client_of(cfg) as client:
+        client.subscribe()
+        assert client.wait_until_caught_up(timeout=30)
+        assert np.array_equal(client.cached("job", "a")["job_pyramid@v1"], [1, 2])
+        assert np.array_equal(client.cached("job", "b")["job_pyramid@v1"], [3, 4])
+        assert client.subscription_stats["poison"] == 2 and client.subscription_stats["applied"] == 2
+        # the subscriber lives on: a later record still reaches the cache
+        prod.send(topic, partition=0, key=b"job:a", value=embeddings_record("job", "a", 2, [5, 6]))
+        prod.flush()
+        assert client.wait_until_caught_up(timeout=30)
+        assert np.array_equal(client.cached("job", "a")["job_pyramid@v1"], [5, 6])
+
+
+def test_broadcast_mode_every_replica_caches_every_entity(env):
+    cfg, prod, _ = env
+    publish_jobs(cfg, prod, 40)
+    replicas = [client_of(cfg), client_of(cfg)]
+    try:
+        for c in replicas:
+            c.subscribe(group="my-ranker")  # the README's call: broadcast by default
+        for c in replicas:
+            assert c.wait_until_caught_up(timeout=30)
+            assert len(c.cache) == 40 and all(c.cached("job", f"j{i}") for i in range(40))
+    finally:
+        for c in replicas:
+            c.close()
+
+
+def test_group_mode_splits_partitions_between_replicas(env, unique):
+    cfg, prod, _ = env
+    publish_jobs(cfg, prod, 40)
+    a, b = client_of(cfg), client_of(cfg)
+    try:
+        a.subscribe(group=f"rankers-{unique}", mode="group")
+        b.subscribe(group=f"rankers-{unique}", mode="group")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ka, kb = set(a.cache.entries), set(b.cache.entries)
+            if ka and kb and not ka & kb and len(ka | kb) == 40:
+                break
+            time.sleep(0.2)
+        ka, kb = set(a.cache.entries), set(b.cache.entries)
+        assert ka and kb and not ka & kb and len(ka | kb) == 40, (len(ka), len(kb))
+    finally:
+        a.close()
+        b.close()
+
+
+def test_lifecycle_context_manager_and_resubscribe(env):
+    cfg, prod, _ = env
+    publish_jobs(cfg, prod, 5)
+    client = client_of(cfg)
+    with pytest.raises(RuntimeError, match="not subscribed"):
+        client.wait_until_caught_up(1)
+    with pytest.raises(ValueError, match="group"):
+        client.subscribe(mode="group")
+    with client:
+        client.subscribe()
+        with pytest.raises(RuntimeError, match="already subscribed"):
+            client.subscribe()
+        assert client.wait_until_caught_up(timeout=30) and len(client.cache) == 5
+        first = client._subscriber
+    assert not first.is_alive()  # __exit__ closed it
+    with pytest.raises(RuntimeError, match="closed"):
+        client.wait_until_caught_up(1)
+    publish_jobs(cfg, prod, 7, version=2)
+    client.subscribe()  # after close(): a new subscription
+    try:
+        assert client.wait_until_caught_up(timeout=30)
+        assert len(client.cache) == 7 and client.cache[("job", "j6")]["version"] == 2
+    finally:
+        client.close()
+
+
+def test_score_validates_the_registry_once(env, monkeypatch):
+    cfg, prod, _ = env
+    rng = np.random.default_rng(1)
+    m, j = rng.normal(size=32).astype("<f4"), rng.normal(size=32).astype("<f4")
+    store = RedisEmbeddingStore(cfg.redis.url, cfg.redis.key_prefix)
+    store.write([("member", "m1", 1, {"member_pyramid@v1": m.tobytes()}), ("job", "j1", 1, {"job_pyramid@v1": j.tobytes()})], [])
+    calls = []
+    real = registry.check_package
+    monkeypatch.setattr(registry, "check_package", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with client_of(cfg) as client:
+        scores = [client.score("member_pyramid@v1", "job_pyramid@v1", "m1", ["j1", "nope"], task="apply") for _ in range(3)]
+        w, b = client.head("member_pyramid@v1", "apply")
+    n_registered = len(registry.Registry(REPO_ROOT / "models/registry.yaml").entries())
+    assert len(calls) == n_registered  # each package validated (ONNX session built) once, not per call
+    expected = 1 / (1 + np.exp(-(np.dot(w, m * j) + b)))
+    for s in scores:
+        assert s[0] == pytest.approx(expected, rel=1e-5) and np.isnan(s[1])
+
+
+def test_tail_prints_exactly_max_records_and_survives_poison(env):
+    cfg, prod, conf = env
+    prod.send(cfg.topics.embeddings, partition=0, key=b"job:x", value=b"garbage")
+    publish_jobs(cfg, prod, 30)
+    run = [sys.executable, "-m", "nearline.cli", "--config", str(conf), "tail", "--from-beginning"]
+    out = subprocess.run(run + ["--max", "3"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 3, out.stdout[-2000:] + out.stderr[-2000:]
+    out = subprocess.run(run + ["--max", "30"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 30, out.stderr[-2000:]
+    assert "skipped" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_get_of_an_unknown_entity_says_so(env):
+    cfg, _, conf = env
+    out = subprocess.run([sys.executable, "-m", "nearline.cli", "--config", str(conf), "get", "job", "missing"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "no embeddings for job:missing" in out.stderr and cfg.redis.url in out.stderr
