@@ -266,9 +266,27 @@ class Subscriber(threading.Thread):
 
 
 class EmbeddingClient:
-    def __init__(self, cfg: Config, bootstrap: str, redis_url: str):
-        self.cfg, self.bootstrap, self.redis_url = cfg, bootstrap, redis_url
-        self.store = RedisEmbeddingStore(redis_url, cfg.redis.key_prefix)
+    def __init__(self, cfg: Config, bootstrap: str, redis_url: "str | list[str]", *, stale_after_s: float | None = 30.0,
+                 timeout_s: float = 0.5):
+        """``redis_url``: one Redis, or the ordered list of the data centers' Redis endpoints, this DC's
+        first (names from ``cfg.datacenters``: local, then peers). With several, reads fail over to the
+        next DC when one errors, times out or its job's heartbeat is older than ``stale_after_s``, fail
+        back once it is healthy, and never return an older version than one already served
+        (nearline.failover.FailoverReader)."""
+        urls = [redis_url] if isinstance(redis_url, str) else list(redis_url)
+        if not urls:
+            raise ValueError("EmbeddingClient needs a Redis URL")
+        self.cfg, self.bootstrap, self.redis_url = cfg, bootstrap, urls[0]
+        self.store = RedisEmbeddingStore(urls[0], cfg.redis.key_prefix)
+        self.reader = None
+        if len(urls) > 1:
+            from nearline.failover import Endpoint, FailoverReader
+
+            dcs = [cfg.datacenters.local, *cfg.datacenters.peers]
+            names = dcs if len(dcs) == len(urls) and all(dcs) else [f"dc{i + 1}" for i in range(len(urls))]
+            self.reader = FailoverReader([Endpoint(n, u) for n, u in zip(names, urls)], prefix=cfg.redis.key_prefix,
+                                         group=cfg.kafka.consumer_group, timeout_s=timeout_s,
+                                         stale_after_s=stale_after_s)
         self.codec = Codec()
         self.cache = EmbeddingCache()
         self._subscriber: Subscriber | None = None
@@ -288,12 +306,18 @@ class EmbeddingClient:
         self.close()
 
     # ---- Redis --------------------------------------------------------------------------------
+    def _raw(self, entity_type: str, entity_id: str) -> dict[str, bytes]:
+        if self.reader is None:
+            return self.store.get(entity_type, entity_id)
+        _, raw = self.reader.get_raw(entity_type, entity_id)
+        return {k.decode(): v for k, v in raw.items()}
+
     def get(self, entity_type: str, entity_id: str) -> dict[str, np.ndarray]:
-        raw = self.store.get(entity_type, entity_id)
+        raw = self._raw(entity_type, entity_id)
         return {k: decode_vector(v) for k, v in raw.items() if k not in META_FIELDS}
 
     def get_with_version(self, entity_type: str, entity_id: str) -> tuple[int | None, bool, dict[str, np.ndarray]]:
-        raw = self.store.get(entity_type, entity_id)
+        raw = self._raw(entity_type, entity_id)
         v = int(raw[VERSION_FIELD]) if VERSION_FIELD in raw else None
         return v, DELETED_FIELD in raw, {k: decode_vector(x) for k, x in raw.items() if k not in META_FIELDS}
 

@@ -15,7 +15,8 @@ import zlib
 import numpy as np
 import pytest
 
-from nearline.failover import Endpoint, FailoverReader
+from nearline.client import EmbeddingClient
+from nearline.failover import FailoverReader
 from nearline.multidc import MultiDCServices
 from nearline.config import Config
 from tests.helpers import FEATURES, make_package
@@ -139,9 +140,11 @@ def test_two_dcs_redis_then_job_outage_in_dc1(tmp_path, marketplace_dir):
     hs = [Harness(tmp_path / name, svc.dc_config(name, ep), marketplace_dir, lines) for name in svc.names]
     hs[1].streamer = hs[0].streamer  # one source of truth for versions; events are routed by home DC
     traffic = Traffic(hs)
-    reader = FailoverReader([Endpoint("dc1", ep["dc1"]["redis_url"]), Endpoint("dc2", ep["dc2"]["redis_url"])],
-                            prefix=cfg.redis.key_prefix, group=cfg.kafka.consumer_group,
-                            timeout_s=0.3, stale_after_s=4.0, probe_every_s=1.0)
+    client = EmbeddingClient(svc.dc_config("dc1", ep), ep["dc1"]["kafka_bootstrap"],
+                             [ep["dc1"]["redis_url"], ep["dc2"]["redis_url"]], stale_after_s=4.0, timeout_s=0.3)
+    reader = client.reader  # the client in DC1: its own DC first
+    reader.probe_every_s = 1.0
+    assert [e.name for e in reader.endpoints] == ["dc1", "dc2"]
     reads = MonotonicReads(reader, hs[0])
     report = {"services_up_s": round(up_s, 1)}
     try:
@@ -197,6 +200,7 @@ def test_two_dcs_redis_then_job_outage_in_dc1(tmp_path, marketplace_dir):
         assert reader.current_dc == "dc1", reader.switches
     finally:
         reads.stop.set()
+        client.close()
         for h in hs:
             h.stop_all()
         svc.down()
