@@ -91,6 +91,10 @@ class ServicesConfig:
     """Port of the local broker; 0 picks a free one."""
     kafka_controller_port: int = 0
     """KRaft controller port of the local Apache Kafka; 0 picks a free one at every start."""
+    redis_appendfsync: str = "always"
+    """Persistence of the local redis-server: 'always' (append-only file fsynced before each reply
+    batch: a SIGKILL loses nothing acknowledged), 'everysec' (may lose the last second), or 'off'
+    (memory only: a restart comes back empty and needs `nearline backfill --all`)."""
     kafka_secure_listeners: bool = False
     """Also open SASL_PLAINTEXT and SASL_SSL listeners (PLAIN and SCRAM-SHA-256, a self-signed
     certificate made with openssl) on the local Apache Kafka, to try the kafka.security_* settings;
@@ -231,6 +235,8 @@ class Config:
     def validate(self) -> "Config":
         if self.join.timeout_policy not in ("partial", "dead_letter"):
             raise ConfigError(f"join.timeout_policy must be 'partial' or 'dead_letter', not {self.join.timeout_policy!r}")
+        if self.services.redis_appendfsync not in ("always", "everysec", "off"):
+            raise ConfigError(f"services.redis_appendfsync must be always, everysec or off, not {self.services.redis_appendfsync!r}")
         if self.services.broker not in ("kafka", "noida"):
             raise ConfigError(f"services.broker must be 'kafka' or 'noida', not {self.services.broker!r}")
         k = self.kafka
