@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.worker.statecache import CacheAware
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from beam_jobs.kafka_source import ReadPartitionGroups
+from nearline.beam_jobs.kafka_source import ReadPartitionGroups
 from nearline.config import Config
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def pipeline_options(cfg: Config, beam_args: list[str] | None = None) -> Pipelin
 def run(cfg: Config, bootstrap: str, redis_url: str, beam_args: list[str] | None = None) -> None:
     """Blocks until STOP is set (SIGINT/SIGTERM in `nearline run`) or the pipeline fails."""
     if cfg.job.runner == "FnApiRunner":
-        from beam_jobs import runner_patches
+        from nearline.beam_jobs import runner_patches
 
         runner_patches.apply()
     # A long-running process with many long-lived objects (models, caches, pending joins): full cyclic-GC

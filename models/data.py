@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.tower import FeatureSpec
+from nearline.models.tower import FeatureSpec
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.tower import PositionalTower, PyramidTower
+from nearline.models.tower import PositionalTower, PyramidTower
 from nearline.registry import MANIFEST, ONNX_FILE, InputFeature, Manifest, sha256_file
 
 OPSET = 17

@@ -27,8 +27,8 @@ import torch
 import yaml
 from torch import nn
 
-from models.data import SOURCES, EntityTable, encode_rows
-from models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
+from nearline.models.data import SOURCES, EntityTable, encode_rows
+from nearline.models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
 
 SIDES = ("member", "job")
 
@@ -172,7 +172,7 @@ def prepare_tasks(cfg: TrainConfig, frames: dict[str, pd.DataFrame], tables: dic
 def apply_vocab_subsets(cfg: TrainConfig, tables: dict[str, EntityTable], frames: dict[str, pd.DataFrame],
                         schema: dict[str, dict[str, FeatureSpec]]) -> dict:
     """Restrict the configured features to their densest co-occurring values; returns a coverage report."""
-    from models.vocab import cooccurrence, coverage_curve, greedy_densest_subset, top_k_coverage
+    from nearline.models.vocab import cooccurrence, coverage_curve, greedy_densest_subset, top_k_coverage
 
     report = {}
     for sub in cfg.vocab_subsets:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from models.export import export_tower
-from models.multitask import Trainer, TrainConfig, load_source, plot_history
+from nearline.models.export import export_tower
+from nearline.models.multitask import Trainer, TrainConfig, load_source, plot_history
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,8 +108,8 @@ def table(name: str, rows: dict, tasks: list[str], ceiling: bool) -> str:
 
 def vocab_section(data_dir: Path) -> str:
     """Coverage of interactions when company / geo vocabularies are cut to n values per side."""
-    from models.data import marketplace_source
-    from models.vocab import cooccurrence, greedy_densest_subset, top_k_coverage
+    from nearline.models.data import marketplace_source
+    from nearline.models.vocab import cooccurrence, greedy_densest_subset, top_k_coverage
 
     tables, frames = marketplace_source(data_dir)
     lines = ["## High-cardinality vocabularies", "",

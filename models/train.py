@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from models.export import export_package, parity
-from models.multitask import Trainer, TrainConfig, load_source, plot_history
+from nearline.models.export import export_package, parity
+from nearline.models.multitask import Trainer, TrainConfig, load_source, plot_history
 from nearline.registry import Registry
 
 

@@ -150,12 +150,12 @@ def cmd_train(args) -> int:
     if not Path(args.config_file).is_file():  # before importing torch (seconds)
         raise ConfigError(f"training config {args.config_file} not found (see models/configs/*.yaml)")
     try:
-        from models.train import run_training
+        from nearline.models.train import run_training
     except ImportError as exc:
         print(f"nearline: error: training needs the train extra (torch==2.13.0): pip install -e '.[train]' ({exc})",
               file=sys.stderr)
         return 2
-    from models.multitask import TrainConfig
+    from nearline.models.multitask import TrainConfig
     from nearline.registry import Registry
 
     try:
@@ -182,7 +182,7 @@ def cmd_train(args) -> int:
 def cmd_run(args) -> int:
     import signal
 
-    from beam_jobs import nearline_job
+    from nearline.beam_jobs import nearline_job
     from nearline import metrics
     from nearline.health import Readiness, require_kafka, require_redis
     from nearline.kafka_io import ensure_topics

@@ -21,11 +21,11 @@ from typing import Any
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from nearline import REPO_ROOT
+from nearline import DATA_ROOT
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = 10
-SCHEMAS_DIR = REPO_ROOT / "schemas"
+SCHEMAS_DIR = DATA_ROOT / "schemas"
 
 
 class CodecError(ValueError):

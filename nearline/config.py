@@ -21,7 +21,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from nearline import REPO_ROOT
+from nearline import DATA_ROOT
 
 
 class ConfigError(ValueError):
@@ -297,7 +297,7 @@ def default_config_path() -> Path:
     if env:
         return Path(env)
     local = Path("nearline.yaml")
-    return local if local.exists() else REPO_ROOT / "nearline.yaml"
+    return local if local.exists() else DATA_ROOT / "nearline.yaml"
 
 
 def load_config(path: str | Path | None = None, *, env: dict | None = None) -> Config:
@@ -316,6 +316,10 @@ def load_config(path: str | Path | None = None, *, env: dict | None = None) -> C
     if path.exists():
         data.setdefault("base_dir", str(path.resolve().parent))
     cfg = _build(Config, data, path.name)
+    if not path.exists():
+        # no config file at all (an installed wheel run from any directory): the shipped registry, and
+        # everything else relative to the working directory
+        cfg.models.registry = str(DATA_ROOT / "models" / "registry.yaml")
     if env.get("NEARLINE_KAFKA_BOOTSTRAP"):
         cfg.kafka.bootstrap = env["NEARLINE_KAFKA_BOOTSTRAP"]
     if env.get("NEARLINE_REDIS_URL"):

@@ -4,7 +4,7 @@ import apache_beam
 from apache_beam.metrics import monitoring_infos
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
-from beam_jobs import runner_patches
+from nearline.beam_jobs import runner_patches
 
 
 def _counter(n):
@@ -25,7 +25,7 @@ def test_patch_keeps_a_flat_bounded_list_of_metrics():
 def test_state_cache_sizes_holders_shallowly_and_the_rest_as_before():
     from apache_beam.runners.worker import statecache
 
-    from beam_jobs.nearline_job import GroupStateHolder
+    from nearline.beam_jobs.nearline_job import GroupStateHolder
 
     assert runner_patches.apply()
     sizer = statecache.get_deep_size

@@ -12,7 +12,7 @@ from apache_beam.testing.test_stream import TestStream
 TestStream.__test__ = False  # not a pytest class
 from apache_beam.testing.util import assert_that, equal_to
 
-from beam_jobs.nearline_job import StandardizationJoinFn
+from nearline.beam_jobs.nearline_job import StandardizationJoinFn
 from nearline.codec import Codec
 from nearline.config import Config
 from nearline.pipeline import KafkaRecord, RecordBatch

@@ -2,8 +2,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.data import marketplace_source  # noqa: E402
-from models.multitask import TaskConfig, TrainConfig  # noqa: E402
+from nearline.models.data import marketplace_source  # noqa: E402
+from nearline.models.multitask import TaskConfig, TrainConfig  # noqa: E402
 
 TOWER = {"emb_dim": 8, "widths": [16, 32], "dim": 8, "dropout": 0.0, "norm": "layer"}
 

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 import yaml
 
-from models.export import export_package, parity
-from models.multitask import Trainer
+from nearline.models.export import export_package, parity
+from nearline.models.multitask import Trainer
 from nearline.features import build_inputs
 from nearline.registry import Manifest, Registry, check_package
 from tests.unit.models.conftest import tiny_config

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.multitask import FeatureStore, MultitaskModel, Trainer, auc, unified_schema
+from nearline.models.multitask import FeatureStore, MultitaskModel, Trainer, auc, unified_schema
 from tests.unit.models.conftest import TOWER, tiny_config
 
 
@@ -89,7 +89,7 @@ def test_reproducible_by_seed(market_data):
 
 
 def test_a_task_can_train_on_a_filtered_downsampled_view_of_another_tasks_data(market_data):
-    from models.multitask import TaskConfig, prepare_tasks
+    from nearline.models.multitask import TaskConfig, prepare_tasks
 
     tables, frames = market_data
     cfg = tiny_config(tasks=("view",))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.tower import FeatureSpec, HadamardHead, MaskedMeanEmbedding, PyramidTower, TowerConfig
+from nearline.models.tower import FeatureSpec, HadamardHead, MaskedMeanEmbedding, PyramidTower, TowerConfig
 
 FEATS = (FeatureSpec("title", "title", 10), FeatureSpec("skills", "skills", 20, max_len=4, weighted=True))
 

@@ -2,7 +2,7 @@ import itertools
 
 import numpy as np
 
-from models.vocab import cooccurrence, coverage_curve, greedy_densest_subset, top_k_coverage
+from nearline.models.vocab import cooccurrence, coverage_curve, greedy_densest_subset, top_k_coverage
 
 
 def brute_force(edges, n):
@@ -45,8 +45,8 @@ def test_training_with_a_subset_vocabulary_exports_a_servable_map(market_data, t
 
     import torch
 
-    from models.export import export_package, parity
-    from models.multitask import Trainer
+    from nearline.models.export import export_package, parity
+    from nearline.models.multitask import Trainer
     from nearline.features import build_inputs
     from nearline.registry import Manifest
     from tests.unit.models.conftest import tiny_config
