@@ -228,8 +228,6 @@ class StandardizationJoin:
                 break
             del self.partials[key]
             out += self._close_partial(entry, now)
-        while len(self.partials) > self.remember_partial:  # bounded: the oldest close early
-            out += self._close_partial(self.partials.popitem(last=False)[1], now)
         while self.pending:
             key, entry = next(iter(self.pending.items()))
             overfull = len(self.pending) > self.max_pending
@@ -247,6 +245,8 @@ class StandardizationJoin:
                     out.append(self._timeout(self.pending.pop(k), now))
                 self.saw_replayed = any(e.replayed_only for e in self.pending.values())
             break
+        while len(self.partials) > self.remember_partial:  # bounded: the oldest close early
+            out += self._close_partial(self.partials.popitem(last=False)[1], now)
         return out
 
     # ---- internals ---------------------------------------------------------------------------
