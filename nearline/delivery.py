@@ -48,6 +48,12 @@ def send_acknowledged(producer, records: list[tuple[str, bytes | None, bytes]], 
                 failed.append((i, exc))
         transient = []
         for i, exc in failed:
+            if is_permanent(exc) and len(failed) > 1:
+                # the broker refuses a whole produce batch when one record in it is too large: a
+                # record refused in company is tried once alone before it counts as refused
+                exc = _alone(producer, records[i], ack_timeout_s) or None
+                if exc is None:
+                    continue
             (refused if is_permanent(exc) else transient).append((i, exc))
         todo = sorted(i for i, _ in transient)
         if todo:
@@ -58,3 +64,15 @@ def send_acknowledged(producer, records: list[tuple[str, bytes | None, bytes]], 
             backoff_sleep(delay)
             delay = min(delay * 2, max_delay)
     return sorted(refused, key=lambda x: x[0])
+
+
+def _alone(producer, record, ack_timeout_s: float) -> BaseException | None:
+    """Send one record in a batch of its own; its error, or None if acknowledged."""
+    t, k, v = record
+    try:
+        fut = producer.send(t, key=k, value=v)
+        producer.flush(timeout=ack_timeout_s)
+        fut.get(timeout=ack_timeout_s)
+        return None
+    except Exception as exc:
+        return exc
