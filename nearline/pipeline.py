@@ -32,7 +32,7 @@ from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, Rep
 from nearline.metrics import METRICS, Metrics
 from nearline.offsets import OffsetTracker
 from nearline.store import DataLossDetector
-from nearline.validate import Limits, Rejected, check_features, check_identity, check_key, check_size, reason_of
+from nearline.validate import Limits, Rejected, check_features, check_key, check_size, check_update, reason_of
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ class JoinStage:
             raise Rejected("unknown_entity_type", f"unknown entity type {msg['entity_type']!r}; known: "
                                                   f"{sorted(self.entity_types)}")
         if is_update:
-            check_identity(msg, lim)
+            # the same checks as the standardizers': an update they refuse is refused here at once,
+            # not held pending (with its bytes) until the join times out and scored with defaults
+            check_update(msg, lim)
         else:
             proc = self.topic_processor.get(rec.topic)
             check_features(msg, lim, processor=proc,

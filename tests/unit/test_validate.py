@@ -70,6 +70,8 @@ def test_good_messages_pass():
     (record(UPD, upd_bytes(eid=""), key=b"member:"), "bad_entity_id"),
     (record(UPD, upd_bytes(eid="x" * 300), key=b"member:" + b"x" * 300), "bad_entity_id"),
     (record(UPD, upd_bytes(v=-1)), "bad_version"),
+    (record(UPD, upd_bytes(fields={"title": "x" * 5000})), "bad_raw_fields"),   # as the standardizers refuse it
+    (record(UPD, upd_bytes(fields={str(i): "" for i in range(100)})), "bad_raw_fields"),
     (record(SKILLS, feat_bytes(proc="title", feats={"title": {"ids": [1], "weights": None}})), "unknown_processor"),
     (record(SKILLS, feat_bytes(feats={"salary": {"ids": [1], "weights": None}})), "unknown_feature"),
     (record(SKILLS, feat_bytes(feats={"skills": {"ids": [-3], "weights": None}})), "bad_ids"),
