@@ -104,8 +104,9 @@ class JoinConfig:
 class LimitsConfig:
     """Size and range limits, enforced before expensive work (docs/design.md, "Failure classification")."""
 
-    max_message_bytes: int = 262_144
-    """Input messages (EntityUpdate, StandardizedFeatures) larger than this are dead-lettered undecoded."""
+    max_message_bytes: int = 65_536
+    """Input messages (EntityUpdate, StandardizedFeatures) larger than this are dead-lettered undecoded
+    (a marketplace EntityUpdate is < 2 KB; StandardizedFeatures at max_ids_per_feature ~10 KB)."""
     max_key_bytes: int = 512
     """Longest message key accepted (keys are '<type>:<id>')."""
     max_entity_id_chars: int = 256

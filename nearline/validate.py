@@ -60,7 +60,7 @@ def reason_of(error: str) -> str:
 class Limits:
     """The numbers the checks use (from nearline.config.LimitsConfig)."""
 
-    max_message_bytes: int = 262_144
+    max_message_bytes: int = 65_536
     max_key_bytes: int = 512
     max_entity_id_chars: int = 256
     max_fields: int = 64
