@@ -68,6 +68,7 @@ class Pending:
     last_produced_ms: int = 0                             # newest standardizer output (latency metric)
     replayed_only: bool = True                            # every message so far was read by a previous run
     partial_at: float | None = None                       # when it was emitted partial (then in `partials`)
+    refused: set[str] = field(default_factory=set)        # processors whose output was refused (dead-lettered)
 
 
 @dataclass
@@ -218,6 +219,23 @@ class StandardizationJoin:
         entry.last_produced_ms = max(entry.last_produced_ms, int(feats.get("produced_at") or 0))
         return out + self._maybe_complete(entry)
 
+    def on_refused(self, feats: dict, raw: RawRef) -> list[Output]:
+        """A standardizer's output for this version arrived but was refused (the caller dead-letters it
+        and releases its offset). The version will never get that output, so it does not wait for it:
+        under the partial policy it completes as soon as the others are in, flagged partial, the
+        refused processor's features taking the manifest defaults (as after a timeout). Under the
+        dead_letter policy nothing changes: the join times out and is dead-lettered."""
+        if self.policy != "partial":
+            return []
+        _, entry, out = self._locate(feats, raw)
+        out = [o for o in out if o.sources != [raw.source]]  # the caller releases the refused message
+        if entry is None or feats["processor"] in entry.processors:
+            return out
+        entry.processors.add(feats["processor"])
+        entry.refused.add(feats["processor"])
+        entry.replayed_only &= raw.replayed
+        return out + self._maybe_complete(entry)
+
     def on_tick(self, now: float | None = None) -> list[Output]:
         """Time out joins older than timeout_s (and the oldest beyond max_pending)."""
         now = self._now() if now is None else self._active(now)
@@ -319,9 +337,10 @@ class StandardizationJoin:
         else:
             del self.pending[entry.key]
         self._remember(entry.key, entry.version)
-        self.counters["joins_completed"] += 1
-        return [Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, entry.features, False, [],
-                       entry.sources, self._now(), entry.last_produced_ms)]
+        refused = sorted(getattr(entry, "refused", ()))
+        self.counters["joins_partial" if refused else "joins_completed"] += 1
+        return [Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, entry.features, bool(refused),
+                       refused, entry.sources, self._now(), entry.last_produced_ms)]
 
     def _timeout(self, entry: Pending, now: float) -> Output:
         missing = self._missing(entry)
@@ -333,6 +352,8 @@ class StandardizationJoin:
         if entry.op is None:
             # features with no EntityUpdate: nothing says this entity (still) exists. Not remembered, so
             # an update of this version that is merely late still starts a join of its own.
+            if not entry.sources:  # only refused outputs, already dead-lettered: nothing more to say
+                return Released("refused_only", [])
             self.counters["features_without_update"] += 1
             return JoinDeadLetter(entry.first_raw, f"features_without_update: standardized features of {entry.key} "
                                   f"version {entry.version} ({', '.join(sorted(entry.processors))}) had no EntityUpdate "

@@ -32,7 +32,8 @@ from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, Rep
 from nearline.metrics import METRICS, Metrics
 from nearline.offsets import OffsetTracker
 from nearline.store import DataLossDetector
-from nearline.validate import Limits, Rejected, check_features, check_key, check_size, check_update, reason_of
+from nearline.validate import (Limits, Rejected, check_features, check_identity, check_key, check_size, check_update,
+                               reason_of)
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,19 @@ class JoinStage:
             # the same checks as the standardizers': an update they refuse is refused here at once,
             # not held pending (with its bytes) until the join times out and scored with defaults
             check_update(msg, lim)
-        else:
-            proc = self.topic_processor.get(rec.topic)
+            check_key(rec.key, msg, rec.partition, self.cfg.topics.partitions)
+            return msg
+        check_identity(msg, lim)
+        check_key(rec.key, msg, rec.partition, self.cfg.topics.partitions)
+        proc = self.topic_processor.get(rec.topic)
+        try:
             check_features(msg, lim, processor=proc,
                            known_features=self.known_features if proc in self.known_features else None)
-        check_key(rec.key, msg, rec.partition, self.cfg.topics.partitions)
+        except Rejected as exc:
+            # whose output it is, is known and sound: the join need not wait for it (StandardizationJoin.on_refused)
+            if proc is not None and msg.get("processor") == proc:
+                exc.refused_features = msg
+            raise
         return msg
 
     def run(self, state: PartitionGroupState, group, batch: RecordBatch,
@@ -147,6 +156,9 @@ class JoinStage:
             except Rejected as exc:
                 stage = "nearline.decode" if exc.reason in ("oversize", "undecodable") else "nearline.validate"
                 wb.dead_letters.append(DeadLetterOut(raw, stage, str(exc), exc.reason))
+                refused = getattr(exc, "refused_features", None)
+                if refused is not None:
+                    outputs += join.on_refused(refused, raw)
                 continue
             outputs += join.on_update(msg, raw) if is_update else join.on_features(msg, raw)
         outputs += join.on_tick()

@@ -132,10 +132,13 @@ def test_stream_through_standardizers_and_job(tmp_path, kafka_bootstrap, redis_u
     # 4. bad input was dead-lettered with its reason
     dls = h.topic_records(cfg.topics.dead_letter)
     stages = {d["stage"] for d in dls}
-    assert {"nearline.decode", "nearline.validate", "nearline.score"} <= stages, dls
-    assert any("1 weights for 2 ids" in d["error"] for d in dls)
+    assert {"nearline.decode", "nearline.validate"} <= stages, dls
+    # features that do not fit are refused at the job's input checks, before the join (issue 13)
+    assert any(d["error"].startswith("bad_weights: ") and "1 weights for 2 ids" in d["error"] for d in dls)
     assert any(d["original"] == b"\x00not avro" for d in dls)
-    assert not h.stored("member:mbad") or not any(not k.startswith("_") for k in h.stored("member:mbad"))
+    # so the version never completes: at most, once the join times out, a partial one (as with a missing output)
+    mbad = h.stored("member:mbad")
+    assert not mbad or mbad.get("_partial") == b"1" or not any(not k.startswith("_") for k in mbad)
 
 
 def test_sigkill_mid_stream_and_restart(tmp_path, kafka_bootstrap, redis_url, marketplace_dir, unique):

@@ -24,6 +24,8 @@ event = st.one_of(
               st.sampled_from(["UPSERT", "UPSERT", "DELETE"]), st.booleans()),
     st.tuples(st.just("f"), st.sampled_from(["a", "b", "c"]), st.sampled_from([1, 2, 3, TOP - 1, TOP]),
               st.sampled_from(PROCS), st.booleans()),
+    st.tuples(st.just("r"), st.sampled_from(["a", "b", "c"]), st.sampled_from([1, 2, 3, TOP - 1, TOP]),
+              st.sampled_from(PROCS), st.booleans()),                                  # an output the job refused
     st.tuples(st.just("t"), st.floats(0, 40), st.none(), st.none(), st.booleans()),   # time passes, then a tick
 )
 
@@ -45,6 +47,11 @@ def test_join_invariants(events, policy, stall_gap_s, etype, remember_partial):
         eid, version = a, b
         key = f"{etype}:{eid}"
         raw = RawRef("updates" if kind == "u" else f"std.{c}", 0, n, key.encode(), b"", replayed)
+        if kind == "r":  # dead-lettered and released by the caller: the join must never release it too
+            msg = {"entity_type": etype, "entity_id": eid, "version": version, "processor": c}
+            outputs += j.on_refused(msg, raw)
+            seen_inputs.setdefault((key, version), set()).add(f"refused:{c}")
+            continue
         offsets[raw.source] += 1
         if kind == "u":
             msg = {"entity_type": etype, "entity_id": eid, "version": version, "op": c}
@@ -76,6 +83,7 @@ def test_join_invariants(events, policy, stall_gap_s, etype, remember_partial):
                 assert o.missing
             else:
                 assert REQ[etype] <= got and not o.missing
+                assert not any(f"refused:{p}" in got and p not in got for p in REQ[etype]), "complete despite a refusal"
                 completed.setdefault(o.key, []).append(o.version)
         elif isinstance(o, Deleted):
             assert "DELETE" in seen_inputs.get((o.key, o.version), set())

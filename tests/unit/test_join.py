@@ -262,3 +262,19 @@ def test_state_pickled_by_the_previous_version_still_loads():
     old.__dict__.update(d)
     restored = pickle.loads(pickle.dumps(old))
     assert restored.partials == {} and restored.stall_gap_s == 0.0
+
+
+def test_a_refused_standardizer_output_is_not_waited_for():
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=30, clock=clock)
+    bad = feat("m1", 2, "skills")
+    assert j.on_refused(*bad) == []
+    [p] = joined(feed(j, [("f", feat("m1", 2, "title")), ("u", upd("m1", 2))]))
+    assert p.partial and p.missing == ["skills"] and bad[1].source not in p.sources and len(p.sources) == 2
+    # refused output alone, no update: no second dead letter, nothing scored
+    j.on_refused(*feat("m9", 1, "skills"))
+    clock.t += 31
+    assert [type(o).__name__ for o in j.on_tick()] == ["Released"] and not j.pending
+    # the dead_letter policy waits for the timeout as before
+    d = StandardizationJoin(REQ, timeout_s=30, policy="dead_letter", clock=clock)
+    assert d.on_refused(*feat("m1", 1, "skills")) == [] and not d.pending

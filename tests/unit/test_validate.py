@@ -112,3 +112,18 @@ def test_join_stage_dead_letters_every_bad_record_with_reason_and_commits_past_i
 def test_reason_of_parses_the_prefix():
     assert reason_of("oversize: message is 5 bytes") == "oversize"
     assert reason_of("something else") == "other"
+
+
+def test_a_refused_standardizer_output_completes_its_join_partial_at_once():
+    stage = JoinStage(CFG, C)
+    state = stage.new_state({"member": {"skills", "title"}})
+    key = b"member:m7"
+    recs = [record(UPD, upd_bytes(eid="m7", v=3), key=key, offset=0),
+            record(CFG.standardized_topic("title"), feat_bytes(eid="m7", v=3, proc="title",
+                                                               feats={"title": {"ids": [1], "weights": None}}), key=key),
+            record(SKILLS, feat_bytes(eid="m7", v=3, feats={"skills": {"ids": [1], "weights": [math.nan]}}), key=key)]
+    wb = stage.run(state, 0, RecordBatch(recs, 1000.0))
+    assert [d.reason for d in wb.dead_letters] == ["bad_weights"]
+    [j] = wb.joined
+    assert j.partial and j.missing == ["skills"] and not state.join.pending
+    assert all(wb.commit[(r.topic, r.partition)] == r.offset + 1 for r in recs)  # nothing held back
