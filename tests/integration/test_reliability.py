@@ -157,3 +157,19 @@ def test_an_emptied_redis_is_detected(tmp_path, caplog):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_late_complete_result_replaces_the_partial_one_even_if_equal(kafka_bootstrap, redis_url, unique):
+    cfg = isolated_config(kafka_bootstrap, redis_url, unique)
+    kafka_io.ensure_topics(kafka_bootstrap, cfg.all_topics(), 4)
+    producer = kafka_io.make_producer(kafka_bootstrap)
+    store = RedisEmbeddingStore(redis_url, cfg.redis.key_prefix)
+    try:
+        st = PublishStage(cfg, store, producer, metrics=Metrics())
+        for partial in (True, False):
+            st.run(WorkBatch(0, joined=[Joined("member:p", "member", "p", 5, {}, partial, [], [], 0.0)],
+                             embeddings=[{"m@v1": vec(1, 2)}]))
+        assert store.written_versions([("member", "p")]) == [(5, False)]
+        assert [(m["version"], m["partial"]) for m in records(cfg, cfg.topics.embeddings)] == [(5, True), (5, False)]
+    finally:
+        producer.close()
