@@ -121,3 +121,19 @@ def test_pad_and_oov_must_be_rows_of_the_table(tmp_path):
     p = make_package(tmp_path, "m", "v1", "member")
     _rewrite_manifest(p, geo=("oov_id", 30))
     assert "pad_id and oov_id must be rows" in "\n".join(check_package(p)[1])
+
+
+def test_models_check_cli_refuses_a_package_that_fails_on_probe_inputs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    p = make_package(tmp_path, "m", "v1", "member")
+    _rewrite_manifest(p, skills=("vocab_size", 5000))
+    reg = Registry(tmp_path / "registry.yaml")
+    reg.register(p)
+    (tmp_path / "nearline.yaml").write_text(f"models: {{registry: {reg.path}}}\n")
+    out = subprocess.run([sys.executable, "-m", "nearline.cli", "--config", str(tmp_path / "nearline.yaml"), "models",
+                          "check"], capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert out.returncode != 0 and "FAIL m/v1" in out.stdout and "fails when run on probe inputs" in out.stdout
+    assert "Traceback" not in out.stderr
