@@ -279,10 +279,14 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
                         stats["dead_letters"] += 1
                         error = str(exc) if isinstance(exc, Rejected) else (
                             f"{'undecodable' if isinstance(exc, CodecError) else 'standardize_failed'}: {exc}")
+                        reason = error.split(":", 1)[0]
+                        stats[f"dead_letters_{reason}"] = stats.get(f"dead_letters_{reason}", 0) + 1
+                        log.warning("standardize.%s: dead letter (%s[%d]@%d): %s", name, m.topic, m.partition, m.offset,
+                                    error[:300])
                         dl = encode_dead_letter(codec, original=m.value, key=m.key, topic=m.topic, partition=m.partition,
                                                 offset=m.offset, stage=f"standardize.{name}", error=error,
                                                 max_original=cfg.limits.dead_letter_original_bytes)
-                        sends.append((cfg.topics.dead_letter, m.key, dl, tp, m.offset))
+                        sends.append((cfg.topics.dead_letter, m.key[:256] if m.key else m.key, dl, tp, m.offset))
                         continue
                     if res is None:
                         stats["deletes_skipped"] += 1
