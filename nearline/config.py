@@ -118,6 +118,35 @@ class JoinConfig:
     that version, else dead-lettered, and never scored with defaults."""
     max_pending: int = 200_000
     """Upper bound on pending joins per job; beyond it the oldest are timed out early (state stays bounded)."""
+    stall_gap_s: float = 5.0
+    """A gap longer than this between two batches of one partition group means the job itself was
+    stalled (retrying Redis or Kafka, stopped, swapping): join timeouts count such a gap as only this
+    long, so a stall never times out joins whose messages are waiting unread in Kafka. 0 disables."""
+
+
+@dataclass
+class LimitsConfig:
+    """Size and range limits, enforced before expensive work (docs/design.md, "Failure classification")."""
+
+    max_message_bytes: int = 65_536
+    """Input messages (EntityUpdate, StandardizedFeatures) larger than this are dead-lettered undecoded
+    (a marketplace EntityUpdate is < 2 KB; StandardizedFeatures at max_ids_per_feature ~10 KB)."""
+    max_key_bytes: int = 512
+    """Longest message key accepted (keys are '<type>:<id>')."""
+    max_entity_id_chars: int = 256
+    """Longest entity_id accepted."""
+    max_fields: int = 64
+    """Most raw text fields one EntityUpdate may carry."""
+    max_field_chars: int = 4096
+    """Longest raw text field a standardizer works on; longer ones are dead-lettered before fuzzy matching
+    (whose cost grows with the text length)."""
+    max_ids_per_feature: int = 1024
+    """Most taxonomy ids one standardized feature may carry."""
+    max_abs_weight: float = 1000.0
+    """Feature weights must be finite and within +-this (larger ones overflow float32 in the towers)."""
+    dead_letter_original_bytes: int = 65_536
+    """A dead letter carries at most this many bytes of the original message (and of its key); a longer
+    original is truncated, the error says so, and topic/partition/offset point at the full message."""
 
 
 @dataclass
@@ -206,6 +235,7 @@ class Config:
     services: ServicesConfig = field(default_factory=ServicesConfig)
     join: JoinConfig = field(default_factory=JoinConfig)
     dedupe: DedupeConfig = field(default_factory=DedupeConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     job: JobConfig = field(default_factory=JobConfig)
     standardizers: StandardizersConfig = field(default_factory=StandardizersConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
@@ -254,6 +284,9 @@ class Config:
             raise ConfigError("topics.partitions must be >= 1")
         if self.dedupe.tolerance < 0:
             raise ConfigError("dedupe.tolerance must be >= 0")
+        if min(self.limits.max_message_bytes, self.limits.max_field_chars, self.limits.max_ids_per_feature,
+               self.limits.dead_letter_original_bytes) < 1 or not self.limits.max_abs_weight > 0:
+            raise ConfigError("limits: every limit must be positive")
         return self
 
 

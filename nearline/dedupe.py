@@ -37,5 +37,9 @@ def decide(stored_version: int | None, stored: dict[str, bytes | None], version:
         return DedupeDecision({}, 0, True)
     if partial and stored_version is not None and version == stored_version and not stored_partial:
         return DedupeDecision({}, 0, True)
+    if not partial and stored_partial and version == stored_version:
+        # the complete result of a version stored partial: written even where equal, so that the
+        # partial flag is cleared and consumers get the complete message
+        return DedupeDecision(dict(new), 0, False)
     changed = {k: v for k, v in new.items() if not same_vector(stored.get(k), v, tolerance)}
     return DedupeDecision(changed, len(new) - len(changed), False)

@@ -45,11 +45,19 @@ def build_inputs(manifest: Manifest, rows: list[dict], encoders: dict[str, Featu
             if feat is None:
                 raw, weights = f.default_ids, None
             else:
+                if not isinstance(feat, dict):
+                    raise FeatureShapeError(f"feature {f.name}: must be a record with ids, got {type(feat).__name__}")
                 raw, weights = feat.get("ids"), feat.get("weights")
                 if not isinstance(raw, (list, tuple)):
                     raise FeatureShapeError(f"feature {f.name}: ids must be a list, got {type(raw).__name__}")
-                if weights is not None and len(weights) != len(raw):
-                    raise FeatureShapeError(f"feature {f.name}: {len(weights)} weights for {len(raw)} ids")
+                if weights is not None:
+                    if not isinstance(weights, (list, tuple)):
+                        raise FeatureShapeError(f"feature {f.name}: weights must be a list or null, got {type(weights).__name__}")
+                    if len(weights) != len(raw):
+                        raise FeatureShapeError(f"feature {f.name}: {len(weights)} weights for {len(raw)} ids")
+                    if not all(isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool)
+                               for x in weights):
+                        raise FeatureShapeError(f"feature {f.name}: weights must be numbers")
             r = enc.rows(raw)
             ids[i, : len(r)] = r
             if w is not None:

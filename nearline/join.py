@@ -10,7 +10,16 @@ order and more than once:
 * a message of a newer version supersedes the pending one (counted, never scored);
 * a DELETE supersedes whatever is pending and is emitted at once;
 * after ``timeout_s`` an incomplete join is emitted with ``partial=True`` (missing features take the
-  manifest defaults) or dead-lettered, as configured.
+  manifest defaults) or dead-lettered, as configured;
+* a partial join stays open for late messages of its version for another ``timeout_s``: if they
+  complete it, the complete result is emitted (and replaces the partial one downstream), so a partial
+  result never blocks the complete one of the same version; if only some arrive, it is re-emitted as
+  a partial with what arrived;
+* standardized features whose EntityUpdate never arrives are dead-lettered (reason
+  ``features_without_update``), never scored: scoring them would invent an entity;
+* time is the input's poll time minus the job's own stalls: a gap between batches longer than
+  ``stall_gap_s`` (the job was blocked retrying Redis, stopped, ...) counts as only ``stall_gap_s``,
+  because the messages that would complete the pending joins were waiting unread meanwhile.
 
 Completed and superseded entries are freed; a bounded LRU remembers recently completed versions to
 drop late duplicates cheaply (older ones are still refused downstream by the Redis version check).
@@ -58,6 +67,8 @@ class Pending:
     first_raw: RawRef | None = None
     last_produced_ms: int = 0                             # newest standardizer output (latency metric)
     replayed_only: bool = True                            # every message so far was read by a previous run
+    partial_at: float | None = None                       # when it was emitted partial (then in `partials`)
+    refused: set[str] = field(default_factory=set)        # processors whose output was refused (dead-lettered)
 
 
 @dataclass
@@ -112,6 +123,7 @@ class JoinDeadLetter:
     raw: RawRef
     error: str
     sources: list[Source]
+    reason: str = "join_timeout"  # a nearline.validate.REASONS key
 
 
 Output = Joined | Deleted | Released | JoinDeadLetter | ReplayTimeout
@@ -120,7 +132,8 @@ Output = Joined | Deleted | Released | JoinDeadLetter | ReplayTimeout
 class StandardizationJoin:
     def __init__(self, required: dict[str, set[str]], *, timeout_s: float = 30.0, policy: str = "partial",
                  max_pending: int = 200_000, remember_completed: int = 100_000,
-                 replay_timeout_s: float = 10.0, clock: Callable[[], float] = time.time):
+                 replay_timeout_s: float = 10.0, clock: Callable[[], float] = time.time,
+                 stall_gap_s: float = 0.0, remember_partial: int = 50_000):
         if policy not in ("partial", "dead_letter"):
             raise ValueError(f"policy must be partial or dead_letter, not {policy!r}")
         self.required = {k: set(v) for k, v in required.items()}
@@ -132,8 +145,24 @@ class StandardizationJoin:
         self.pending: "OrderedDict[str, Pending]" = OrderedDict()  # insertion order = age order
         self.completed: "OrderedDict[str, int]" = OrderedDict()    # key -> last completed version (LRU)
         self.remember_completed = remember_completed
+        # partial joins still open for their late messages (key -> entry), oldest first, bounded
+        self.partials: "OrderedDict[str, Pending]" = OrderedDict()
+        self.remember_partial = remember_partial
+        self.stall_gap_s, self.stalled_s, self._last_wall = stall_gap_s, 0.0, None
         self.counters = {"joins_completed": 0, "joins_partial": 0, "joins_superseded": 0, "joins_timed_out_dead_letter": 0,
-                         "duplicates": 0, "stale": 0, "deletes": 0, "replay_timeouts": 0}
+                         "duplicates": 0, "stale": 0, "deletes": 0, "replay_timeouts": 0,
+                         "joins_completed_after_partial": 0, "features_without_update": 0, "join_stalls": 0}
+
+    def __setstate__(self, d: dict) -> None:
+        # state pickled by an older version of this class lacks the newer attributes
+        d.setdefault("partials", OrderedDict())
+        d.setdefault("remember_partial", 50_000)
+        d.setdefault("stall_gap_s", 0.0)
+        d.setdefault("stalled_s", 0.0)
+        d.setdefault("_last_wall", None)
+        for k in ("joins_completed_after_partial", "features_without_update", "join_stalls"):
+            d["counters"].setdefault(k, 0)
+        self.__dict__.update(d)
 
     # The completed-versions LRU is a cache, not durable state: it is left out when the join is pickled
     # into Beam state (pickling 50k entries cost 10 ms per batch) and the DoFn keeps it in memory. Losing
@@ -150,6 +179,8 @@ class StandardizationJoin:
         out: list[Output] = []
         for key in list(self.pending):
             out += self._maybe_complete(self.pending[key])
+        for key in list(self.partials):
+            out += self._maybe_complete(self.partials[key])
         return out
 
     # ---- inputs ------------------------------------------------------------------------------
@@ -188,10 +219,33 @@ class StandardizationJoin:
         entry.last_produced_ms = max(entry.last_produced_ms, int(feats.get("produced_at") or 0))
         return out + self._maybe_complete(entry)
 
+    def on_refused(self, feats: dict, raw: RawRef) -> list[Output]:
+        """A standardizer's output for this version arrived but was refused (the caller dead-letters it
+        and releases its offset). The version will never get that output, so it does not wait for it:
+        under the partial policy it completes as soon as the others are in, flagged partial, the
+        refused processor's features taking the manifest defaults (as after a timeout). Under the
+        dead_letter policy nothing changes: the join times out and is dead-lettered."""
+        if self.policy != "partial":
+            return []
+        _, entry, out = self._locate(feats, raw)
+        out = [o for o in out if o.sources != [raw.source]]  # the caller releases the refused message
+        if entry is None or feats["processor"] in entry.processors:
+            return out
+        entry.processors.add(feats["processor"])
+        entry.refused.add(feats["processor"])
+        entry.replayed_only &= raw.replayed
+        return out + self._maybe_complete(entry)
+
     def on_tick(self, now: float | None = None) -> list[Output]:
         """Time out joins older than timeout_s (and the oldest beyond max_pending)."""
-        now = self._now() if now is None else now
+        now = self._now() if now is None else self._active(now)
         out: list[Output] = []
+        while self.partials:
+            key, entry = next(iter(self.partials.items()))
+            if now - entry.partial_at < self.timeout_s:
+                break
+            del self.partials[key]
+            out += self._close_partial(entry, now)
         while self.pending:
             key, entry = next(iter(self.pending.items()))
             overfull = len(self.pending) > self.max_pending
@@ -209,11 +263,22 @@ class StandardizationJoin:
                     out.append(self._timeout(self.pending.pop(k), now))
                 self.saw_replayed = any(e.replayed_only for e in self.pending.values())
             break
+        while len(self.partials) > self.remember_partial:  # bounded: the oldest close early
+            out += self._close_partial(self.partials.popitem(last=False)[1], now)
         return out
 
     # ---- internals ---------------------------------------------------------------------------
     def _now(self) -> float:
-        return self.now_override if self.now_override is not None else self.clock()
+        return self._active(self.now_override if self.now_override is not None else self.clock())
+
+    def _active(self, wall: float) -> float:
+        """Wall time minus the job's own stalls (gaps between calls longer than stall_gap_s)."""
+        if self.stall_gap_s > 0 and self._last_wall is not None and wall - self._last_wall > self.stall_gap_s:
+            self.stalled_s += wall - self._last_wall - self.stall_gap_s
+            self.counters["join_stalls"] += 1
+        if self._last_wall is None or wall > self._last_wall:
+            self._last_wall = wall
+        return wall - self.stalled_s
 
     def _locate(self, msg: dict, raw: RawRef) -> tuple[str, Pending | None, list[Output]]:
         """The pending entry this message belongs to (None if stale), and what locating it released."""
@@ -222,6 +287,18 @@ class StandardizationJoin:
         return key, self._entry_for(key, msg["entity_type"], msg["entity_id"], msg["version"], raw, out), out
 
     def _entry_for(self, key, etype, eid, version, raw: RawRef, out: list) -> Pending | None:
+        part = self.partials.get(key)
+        if part is not None:
+            if version == part.version:
+                return part  # a late message of a version emitted partial: it may still complete it
+            if version < part.version:
+                self.counters["stale"] += 1
+                out.append(Released("stale", [raw.source]))
+                return None
+            del self.partials[key]  # a newer version: the partial one is final
+            self._remember(key, part.version)
+            if part.sources:
+                out.append(Released("superseded", part.sources))
         done_v = self.completed.get(key)
         if done_v is not None and version <= done_v:
             self.counters["stale"] += 1
@@ -254,26 +331,59 @@ class StandardizationJoin:
     def _maybe_complete(self, entry: Pending) -> list[Output]:
         if entry.op != "UPSERT" or self._missing(entry):
             return []
-        del self.pending[entry.key]
+        if entry.partial_at is not None:
+            del self.partials[entry.key]
+            self.counters["joins_completed_after_partial"] += 1
+        else:
+            del self.pending[entry.key]
         self._remember(entry.key, entry.version)
-        self.counters["joins_completed"] += 1
-        return [Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, entry.features, False, [],
-                       entry.sources, self._now(), entry.last_produced_ms)]
+        refused = sorted(getattr(entry, "refused", ()))
+        self.counters["joins_partial" if refused else "joins_completed"] += 1
+        return [Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, entry.features, bool(refused),
+                       refused, entry.sources, self._now(), entry.last_produced_ms)]
 
     def _timeout(self, entry: Pending, now: float) -> Output:
         missing = self._missing(entry)
-        self._remember(entry.key, entry.version)
         if entry.replayed_only:
+            self._remember(entry.key, entry.version)
             self.counters["replay_timeouts"] += 1
             return ReplayTimeout(entry.key, entry.entity_type, entry.entity_id, entry.version, missing,
                                  entry.first_raw, entry.sources)
-        if self.policy == "partial" and entry.op != "DELETE":
+        if entry.op is None:
+            # features with no EntityUpdate: nothing says this entity (still) exists. Not remembered, so
+            # an update of this version that is merely late still starts a join of its own.
+            if not entry.sources:  # only refused outputs, already dead-lettered: nothing more to say
+                return Released("refused_only", [])
+            self.counters["features_without_update"] += 1
+            return JoinDeadLetter(entry.first_raw, f"features_without_update: standardized features of {entry.key} "
+                                  f"version {entry.version} ({', '.join(sorted(entry.processors))}) had no EntityUpdate "
+                                  f"within {self.timeout_s:g}s", entry.sources, reason="features_without_update")
+        if self.policy == "partial":
             self.counters["joins_partial"] += 1
-            return Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, entry.features, True,
-                          missing, entry.sources, now, entry.last_produced_ms)
+            joined = Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, dict(entry.features), True,
+                            missing, entry.sources, now, entry.last_produced_ms)
+            self._park_partial(entry, now)
+            return joined
+        self._remember(entry.key, entry.version)
         self.counters["joins_timed_out_dead_letter"] += 1
-        return JoinDeadLetter(entry.first_raw, f"join of {entry.key} version {entry.version} timed out after "
-                              f"{self.timeout_s:g}s; missing: {', '.join(missing)}", entry.sources)
+        return JoinDeadLetter(entry.first_raw, f"join_timeout: join of {entry.key} version {entry.version} timed out "
+                              f"after {self.timeout_s:g}s; missing: {', '.join(missing)}", entry.sources)
+
+    def _park_partial(self, entry: Pending, now: float) -> None:
+        """Keep a version just emitted partial open for its late messages (their sources only: the
+        ones it was emitted with are the partial result's)."""
+        entry.sources, entry.partial_at, entry.first_raw = [], now, None
+        self.partials[entry.key] = entry
+
+    def _close_partial(self, entry: Pending, now: float) -> list[Output]:
+        """A partial version's wait for late messages is over: if some arrived, emit it again (still
+        partial, with what arrived); later messages of it are stale."""
+        self._remember(entry.key, entry.version)
+        if not entry.sources:
+            return []
+        self.counters["joins_partial"] += 1
+        return [Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, dict(entry.features), True,
+                       self._missing(entry), entry.sources, now, entry.last_produced_ms)]
 
     def _remember(self, key: str, version: int) -> None:
         self.completed[key] = max(version, self.completed.get(key, version))

@@ -96,7 +96,12 @@ def delete_topics(bootstrap: str, topics: Iterable[str]) -> None:
 
 
 def make_producer(bootstrap: str, linger_ms: int = 5, **kw) -> KafkaProducer:
-    # acks=all + flush before committing input offsets: an acknowledged send is durable on the broker
+    # acks=all + flush before committing input offsets: an acknowledged send is durable on the broker.
+    # Idempotence off: kafka-python 3.0.12's idempotent producer turns one record the broker refuses as
+    # too large into a fatal error and then fails every later send of the process (tested in
+    # tests/integration/test_reliability.py). Order still holds (one request in flight); a retried send
+    # may be duplicated, which every consumer already tolerates (keep the highest version).
+    kw.setdefault("enable_idempotence", False)
     return KafkaProducer(**_with_security(dict(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
                                                retries=5, max_in_flight_requests_per_connection=1, **kw)))
 

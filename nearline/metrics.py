@@ -55,7 +55,18 @@ COUNTERS = {
     "dead_letters": "records sent to the dead-letter topic",
     "offsets_committed": "offset commits",
     "redis_retries": "Redis operations retried",
+    "joins_completed_after_partial": "versions emitted partial, then completed by late messages (complete replaces partial)",
+    "features_without_update": "standardized features whose EntityUpdate never came (dead-lettered, not scored)",
+    "join_stalls": "gaps between batches longer than join.stall_gap_s (the job was stalled; not counted as timeout time)",
+    "deletes_unknown_entity": "deletes of entities Redis holds nothing for (no marker written)",
+    "redis_data_loss_detected": "times the Redis sentinel key vanished (Redis restarted empty or was flushed)",
+    "models_disabled": "model versions disabled after failing at run time",
 }
+# one counter per dead-letter reason (nearline/validate.py), e.g. dead_letters_oversize
+from nearline.validate import REASONS as _DEAD_LETTER_REASONS  # noqa: E402
+
+COUNTERS.update({f"dead_letters_{r}": f"dead letters: {text}" for r, text in _DEAD_LETTER_REASONS.items()})
+COUNTERS["dead_letters_other"] = "dead letters without a classified reason"
 
 GAUGES = {
     # name: (HELP, label names)

@@ -25,11 +25,15 @@ import numpy as np
 from nearline.codec import Codec, CodecError
 from nearline.config import Config
 from nearline.dedupe import decide
-from nearline.deadletter import encode_dead_letter
+from nearline.deadletter import encode_dead_letter, reference_only
+from nearline.delivery import send_acknowledged
 from nearline.lifecycle import retry_until_done
 from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, ReplayTimeout, StandardizationJoin
 from nearline.metrics import METRICS, Metrics
 from nearline.offsets import OffsetTracker
+from nearline.store import DataLossDetector
+from nearline.validate import (Limits, Rejected, check_features, check_identity, check_key, check_size, check_update,
+                               reason_of)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class DeadLetterOut:
     raw: RawRef
     stage: str
     error: str
+    reason: str = "other"  # a nearline.validate.REASONS key (dead_letters_<reason> counts it)
 
 
 @dataclass
@@ -84,12 +89,51 @@ class JoinStage:
         self.cfg, self.codec, self.metrics = cfg, codec or Codec(), metrics
         self.update_topics = set(cfg.update_topics())  # local + mirrored from peer DCs
         self.entity_types = set(cfg.entity_types)
+        self.limits = Limits.from_config(cfg)
+        from nearline.standardize import PROCESSORS
+
+        self.topic_processor = {cfg.standardized_topic(p): p for p in cfg.standardizers.processors}
+        # the features each known processor produces (a custom processor's are not restricted)
+        self.known_features = {p: set(PROCESSORS[p].features) for p in cfg.standardizers.processors if p in PROCESSORS}
 
     def new_state(self, required: dict[str, set[str]]) -> PartitionGroupState:
         j = self.cfg.join
         return PartitionGroupState(StandardizationJoin(required, timeout_s=j.timeout_s, policy=j.timeout_policy,
-                                                       max_pending=j.max_pending, replay_timeout_s=j.replay_timeout_s),
+                                                       max_pending=j.max_pending, replay_timeout_s=j.replay_timeout_s,
+                                                       stall_gap_s=j.stall_gap_s),
                                    OffsetTracker())
+
+    def admit(self, rec: KafkaRecord, is_update: bool) -> dict:
+        """Decode and validate one input record, cheapest checks first; raises Rejected with the reason."""
+        lim = self.limits
+        check_size(rec.value, lim)
+        if rec.key is not None and len(rec.key) > lim.max_key_bytes:
+            raise Rejected("bad_key", f"key is {len(rec.key)} bytes, limits.max_key_bytes is {lim.max_key_bytes}")
+        try:
+            msg = self.codec.decode(rec.value, expect="EntityUpdate" if is_update else "StandardizedFeatures")
+        except CodecError as exc:
+            raise Rejected("undecodable", str(exc)) from None
+        if msg["entity_type"] not in self.entity_types:
+            raise Rejected("unknown_entity_type", f"unknown entity type {msg['entity_type']!r}; known: "
+                                                  f"{sorted(self.entity_types)}")
+        if is_update:
+            # the same checks as the standardizers': an update they refuse is refused here at once,
+            # not held pending (with its bytes) until the join times out and scored with defaults
+            check_update(msg, lim)
+            check_key(rec.key, msg, rec.partition, self.cfg.topics.partitions)
+            return msg
+        check_identity(msg, lim)
+        check_key(rec.key, msg, rec.partition, self.cfg.topics.partitions)
+        proc = self.topic_processor.get(rec.topic)
+        try:
+            check_features(msg, lim, processor=proc,
+                           known_features=self.known_features if proc in self.known_features else None)
+        except Rejected as exc:
+            # whose output it is, is known and sound: the join need not wait for it (StandardizationJoin.on_refused)
+            if proc is not None and msg.get("processor") == proc:
+                exc.refused_features = msg
+            raise
+        return msg
 
     def run(self, state: PartitionGroupState, group, batch: RecordBatch,
             required: dict[str, set[str]] | None = None) -> WorkBatch:
@@ -108,13 +152,13 @@ class JoinStage:
             tracker.read((rec.topic, rec.partition), rec.offset)
             is_update = rec.topic in self.update_topics
             try:
-                msg = self.codec.decode(rec.value, expect="EntityUpdate" if is_update else "StandardizedFeatures")
-            except CodecError as exc:
-                wb.dead_letters.append(DeadLetterOut(raw, "nearline.decode", str(exc)))
-                continue
-            if msg["entity_type"] not in self.entity_types:
-                wb.dead_letters.append(DeadLetterOut(raw, "nearline.validate",
-                                                     f"unknown entity type {msg['entity_type']!r}; known: {sorted(self.entity_types)}"))
+                msg = self.admit(rec, is_update)
+            except Rejected as exc:
+                stage = "nearline.decode" if exc.reason in ("oversize", "undecodable") else "nearline.validate"
+                wb.dead_letters.append(DeadLetterOut(raw, stage, str(exc), exc.reason))
+                refused = getattr(exc, "refused_features", None)
+                if refused is not None:
+                    outputs += join.on_refused(refused, raw)
                 continue
             outputs += join.on_update(msg, raw) if is_update else join.on_features(msg, raw)
         outputs += join.on_tick()
@@ -125,7 +169,7 @@ class JoinStage:
             elif isinstance(o, Deleted):
                 wb.deleted.append(o)
             elif isinstance(o, JoinDeadLetter):
-                wb.dead_letters.append(DeadLetterOut(o.raw, "nearline.join", o.error))
+                wb.dead_letters.append(DeadLetterOut(o.raw, "nearline.join", o.error, o.reason))
             elif isinstance(o, ReplayTimeout):
                 wb.replay_timeouts.append(o)
             # Released: consumed, nothing to write
@@ -164,7 +208,7 @@ class ScoreStage:
                 bad_rows.add(i)
                 j = wb.joined[i]
                 wb.dead_letters.append(DeadLetterOut(RawRef("(joined)", -1, -1, j.key.encode(), b""), "nearline.score",
-                                                     f"{j.key} version {j.version}: {err}"))
+                                                     f"{err} ({j.key} version {j.version})", reason_of(err)))
             for key, mat in scores.items():
                 for local, i in enumerate(idx):
                     if i not in bad_rows:
@@ -181,9 +225,12 @@ class PublishStage:
     def __init__(self, cfg: Config, store, producer, codec: Codec | None = None, metrics: Metrics = METRICS):
         self.cfg, self.store, self.producer = cfg, store, producer
         self.codec, self.metrics = codec or Codec(), metrics
+        self.data_loss = DataLossDetector(store, metrics=metrics) if hasattr(store, "r") else None
 
     def run(self, wb: WorkBatch) -> WorkBatch:
         tol = self.cfg.dedupe.tolerance
+        if self.data_loss is not None:
+            self.data_loss.check()
         self._resolve_replay_timeouts(wb)
         # one Redis read per distinct entity; several versions of one entity can complete in the same
         # batch, so decisions are applied to this in-batch view and each version is compared with the
@@ -196,7 +243,8 @@ class PublishStage:
         view = {k: [sv, sp, sf] for k, (sv, sp, sf) in zip(keys, self.store.read(keys, [sorted(fields[k]) for k in keys]))}
         now_ms = int(time.time() * 1000)
         upserts, deletes, sends, latencies = [], [], [], []
-        n_dedup = n_written = n_stale = 0
+        owners: list[tuple[str, int]] = []  # per send: ("up"|"del", index in upserts/deletes)
+        n_dedup = n_written = n_stale = n_unknown_deletes = 0
         for j, emb in zip(wb.joined, wb.embeddings):
             cur = view[(j.entity_type, j.entity_id)]
             sv, sp, sf = cur
@@ -219,11 +267,17 @@ class PublishStage:
             rec = {"entity_type": j.entity_type, "entity_id": j.entity_id, "version": j.version,
                    "deleted": False, "partial": j.partial, "embeddings": entries}
             sends.append((self.cfg.topics.embeddings, j.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
+            owners.append(("up", len(upserts) - 1))
             if j.last_produced_ms:
                 latencies.append(now_ms - j.last_produced_ms)
         for dl in wb.deleted:
             cur = view[(dl.entity_type, dl.entity_id)]
-            if cur[0] is not None and dl.version < cur[0]:
+            if cur[0] is None:
+                # Redis holds nothing for it: no marker, no tombstone (no older upsert of it can be
+                # pending: its upserts share this partition and come in version order)
+                n_unknown_deletes += 1
+                continue
+            if dl.version < cur[0]:
                 n_stale += 1
                 continue
             cur[0], cur[1], cur[2] = dl.version, False, {}
@@ -231,22 +285,23 @@ class PublishStage:
             rec = {"entity_type": dl.entity_type, "entity_id": dl.entity_id, "version": dl.version,
                    "deleted": True, "partial": False, "embeddings": []}
             sends.append((self.cfg.topics.embeddings, dl.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
+            owners.append(("del", len(deletes) - 1))
         n_msgs = len(sends)
         for d in wb.dead_letters:
-            r = d.raw
-            sends.append((self.cfg.topics.dead_letter, r.key, encode_dead_letter(
-                self.codec, original=r.value, key=r.key, topic=r.topic, partition=r.partition, offset=r.offset,
-                stage=d.stage, error=d.error)))
-            log.warning("dead letter from %s (%s[%d]@%d): %s", d.stage, r.topic, r.partition, r.offset, d.error)
-        self._send_all(sends)                       # 1. Kafka (acknowledged)
+            sends.append(self._dead_letter_send(d))
+        n_msgs -= self._send_all(sends, owners, upserts, deletes, wb)   # 1. Kafka (acknowledged)
         retries_before = self.store.retries
-        self.store.write(upserts, deletes)          # 2. Redis, version-guarded
+        self.store.write([u for u in upserts if u is not None],
+                         [d for d in deletes if d is not None])        # 2. Redis, version-guarded
         m = self.metrics
         m.inc("embeddings_deduped", n_dedup)
         m.inc("embeddings_written", n_written)
         m.inc("embeddings_stale", n_stale)
         m.inc("messages_published", n_msgs)
         m.inc("dead_letters", len(wb.dead_letters))
+        for d in wb.dead_letters:
+            m.inc(f"dead_letters_{d.reason}")
+        m.inc("deletes_unknown_entity", n_unknown_deletes)
         m.inc("redis_retries", self.store.retries - retries_before)
         m.observe_latency(latencies)
         return wb
@@ -264,22 +319,46 @@ class PublishStage:
                 released += 1
                 continue
             wb.dead_letters.append(DeadLetterOut(r.raw, "nearline.join", (
-                f"join of {r.key} version {r.version} re-read after a restart did not complete within "
+                f"replay_incomplete: join of {r.key} version {r.version} re-read after a restart did not complete within "
                 f"join.replay_timeout_s (missing: {', '.join(r.missing)}); Redis holds version {sv}. Either it was "
-                f"processed before the restart without a write (unchanged embedding) or its standardizers are down")))
+                f"processed before the restart without a write (unchanged embedding) or its standardizers are down"),
+                "replay_incomplete"))
         self.metrics.inc("replays_released", released)
 
-    def _send_all(self, sends) -> None:
+    def _dead_letter_send(self, d: DeadLetterOut) -> tuple[str, bytes | None, bytes]:
+        r = d.raw
+        log.warning("dead letter from %s (%s[%d]@%d): %s", d.stage, r.topic, r.partition, r.offset, d.error[:500])
+        return (self.cfg.topics.dead_letter, r.key[:256] if r.key else r.key, encode_dead_letter(
+            self.codec, original=r.value, key=r.key, topic=r.topic, partition=r.partition, offset=r.offset,
+            stage=d.stage, error=d.error, max_original=self.cfg.limits.dead_letter_original_bytes))
+
+    def _send_all(self, sends, owners, upserts, deletes, wb: WorkBatch) -> int:
+        """Send until every record is acknowledged or permanently refused (transient failures are retried,
+        acknowledged records never re-sent). A refused embedding message is dead-lettered and its Redis
+        write dropped (the store never holds what the topic does not); a refused dead letter is sent
+        again as a reference without its original. Returns how many embedding messages were refused."""
         if not sends:
-            return
-
-        def send():  # on failure the whole batch is sent again (consumers keep the highest version)
-            futs = [self.producer.send(t, key=k, value=v) for t, k, v in sends]
-            self.producer.flush(timeout=30)
-            for f in futs:
-                f.get(timeout=30)
-
-        retry_until_done(f"publishing {len(sends)} records", send, log)
+            return 0
+        refused = send_acknowledged(self.producer, sends, f"publishing {len(sends)} records", log)
+        retry, n_refused = [], 0
+        for i, exc in refused:
+            t, k, v = sends[i]
+            if i < len(owners):
+                kind, idx = owners[i]
+                (upserts if kind == "up" else deletes)[idx] = None
+                n_refused += 1
+                d = DeadLetterOut(RawRef(t, -1, -1, k, b""), "nearline.publish",
+                                  f"publish_refused: {t} refused the {len(v)}-byte record ({exc}); not written to Redis either",
+                                  "publish_refused")
+                wb.dead_letters.append(d)
+                retry.append(self._dead_letter_send(d))
+            else:
+                log.error("the dead-letter topic refused a %d-byte record (%s); sending it without its original", len(v), exc)
+                retry.append((t, None, reference_only(self.codec, v, str(exc))))
+        for i, exc in send_acknowledged(self.producer, retry, f"publishing {len(retry)} reference dead letters", log):
+            log.error("dead letter refused even without its original, dropped (%s): %s", exc,
+                      self.codec.decode(retry[i][2])["error"][:500])
+        return n_refused
 
 
 class CommitStage:

@@ -2,7 +2,10 @@
 
 A model version is a folder with ``tower.onnx`` and ``manifest.json``. ``models/registry.yaml`` is a
 YAML list with one line per registered version (the package folder, relative to the registry file);
-adding a line registers a version. :func:`check_package` names exactly what is wrong with a package.
+adding a line registers a version. :func:`check_package` names exactly what is wrong with a package,
+and runs it on probe inputs built from its manifest (:func:`probe_feed`) so that a package that loads
+but fails when run (a manifest vocabulary larger than the graph's embedding table, NaN weights) is
+refused by `nearline models check` and by live registration alike, before it ever serves.
 """
 
 from __future__ import annotations
@@ -134,6 +137,8 @@ def check_package(path: Path, entity_types: list[str] | None = None) -> tuple[Mo
     for f in man.inputs:
         if f.vocab_size < 3 or f.max_len < 1 or f.pad_id == f.oov_id:
             problems.append(f"{man.key}: input {f.name}: vocab_size>=3, max_len>=1 and pad_id!=oov_id required")
+        elif not (0 <= f.pad_id < f.vocab_size and 0 <= f.oov_id < f.vocab_size):
+            problems.append(f"{man.key}: input {f.name}: pad_id and oov_id must be rows of the table [0, {f.vocab_size})")
     digest = sha256_file(opath)
     if digest != man.sha256:
         problems.append(f"{man.key}: tower.onnx SHA-256 is {digest[:16]}..., manifest says {man.sha256[:16]}...")
@@ -173,7 +178,57 @@ def check_package(path: Path, entity_types: list[str] | None = None) -> tuple[Mo
             problems.append(f"{man.key}: ONNX output dtype {o.type}, manifest implies tensor(float)")
         if len(o.shape) != 2 or o.shape[1] != man.output_dim:
             problems.append(f"{man.key}: ONNX output shape {o.shape}, manifest says [batch, {man.output_dim}]")
+    if not problems:
+        problems += probe_package(man, sess)
     return (None if problems else ModelPackage(path, man)), problems
+
+
+PROBE_ROWS = ("every id at the largest row (vocab_size-1), max_len long", "the declared defaults", "all oov_id",
+              "all pad_id")
+
+
+def probe_feed(man: Manifest) -> dict:
+    """ONNX inputs that exercise the extremes the manifest allows, one row each (see PROBE_ROWS): every
+    feature at its largest row id and full length, the defaults a partial join uses, all OOV, all pad."""
+    import numpy as np
+
+    from nearline.features import FeatureEncoder
+
+    feed = {}
+    for f in man.inputs:
+        ids = np.full((len(PROBE_ROWS), f.max_len), f.pad_id, dtype=np.int64)
+        ids[0, :] = f.vocab_size - 1
+        defaults = FeatureEncoder(f).rows(f.default_ids)
+        ids[1, : len(defaults)] = defaults
+        ids[2, :] = f.oov_id
+        feed[f.onnx_input] = ids
+        if f.weighted:
+            w = np.ones((len(PROBE_ROWS), f.max_len), dtype=np.float32)
+            w[3, :] = 0.0
+            feed[f.weight_input] = w
+    return feed
+
+
+def probe_package(man: Manifest, sess) -> list[str]:
+    """Run the package on :func:`probe_feed`; the problems (none if it runs and every output is finite)."""
+    import numpy as np
+
+    try:
+        feed = probe_feed(man)
+    except Exception as exc:  # e.g. default ids that are not integers
+        return [f"{man.key}: cannot build probe inputs from the manifest: {exc}"]
+    try:
+        out = sess.run([man.output_name], feed)[0]
+    except Exception as exc:  # onnxruntime raises its own types (e.g. Gather index out of bounds)
+        msg = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        return [f"{man.key}: fails when run on probe inputs built from its manifest (max ids, max_len, defaults; "
+                f"e.g. a vocab_size larger than the graph's embedding table): {msg}"]
+    if out.shape != (len(PROBE_ROWS), man.output_dim):
+        return [f"{man.key}: probe output has shape {list(out.shape)}, expected [{len(PROBE_ROWS)}, {man.output_dim}]"]
+    bad = [PROBE_ROWS[i] for i in range(len(PROBE_ROWS)) if not np.isfinite(out[i]).all()]
+    if bad:
+        return [f"{man.key}: non-finite embedding (NaN/inf) on probe inputs: {'; '.join(bad)}"]
+    return []
 
 
 class Registry:

@@ -100,10 +100,26 @@ class LoadedModel:
         return self.package.manifest.key
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 class ModelSet:
-    def __init__(self, watcher: RegistryWatcher, ort_threads: int = 1):
-        self.watcher, self.ort_threads = watcher, ort_threads
+    """Every registered model, loaded. A model that fails at run time never stops the job: the rows it
+    fails on are reported (dead-lettered by the caller, reason ``model_failed``), and a model that
+    fails on every row of ``disable_after`` batches in a row is disabled with an error log (ALERT) and
+    the ``models_disabled`` counter until its package changes. Every embedding is checked finite;
+    rows with NaN/inf are reported (reason ``non_finite_embedding``), never returned as results."""
+
+    def __init__(self, watcher: RegistryWatcher, ort_threads: int = 1, disable_after: int = 3, metrics=None):
+        self.watcher, self.ort_threads, self.disable_after = watcher, ort_threads, disable_after
+        if metrics is None:
+            from nearline.metrics import METRICS as metrics
+        self.metrics = metrics
         self.models: dict[str, LoadedModel] = {}
+        self.failing: dict[str, int] = {}       # model key -> consecutive batches it failed on every row
+        self.disabled: dict[str, str] = {}      # model key -> sha256 of the package that was disabled
         self.refresh(force=True)
 
     def _load(self, pkg: ModelPackage) -> LoadedModel:
@@ -125,11 +141,44 @@ class ModelSet:
             cur = self.models.get(k)
             fresh[k] = cur if cur and cur.package.manifest.sha256 == pkg.manifest.sha256 else self._load(pkg)
         self.models = fresh
-        log.info("now scoring with %s", sorted(self.models))
+        # a disabled model serves again once its package changed (a fixed package is a new sha256)
+        self.disabled = {k: sha for k, sha in self.disabled.items() if k in fresh and fresh[k].package.manifest.sha256 == sha}
+        log.info("now scoring with %s%s", sorted(self.models), f" (disabled: {sorted(self.disabled)})" if self.disabled else "")
         return True
 
     def for_type(self, entity_type: str) -> list[LoadedModel]:
-        return [m for m in self.models.values() if m.package.manifest.entity_type == entity_type]
+        return [m for m in self.models.values() if m.package.manifest.entity_type == entity_type
+                and m.key not in self.disabled]
+
+    def _run(self, m: LoadedModel, feature_rows: list[dict], rows_idx: list[int], feed, bad: dict[int, str]):
+        """The model's embeddings of rows_idx ([len(rows_idx), dim]; failures recorded in ``bad``, and
+        their rows left NaN)."""
+        man = m.package.manifest
+        try:
+            res = run_rows(m.session, man.output_name, feed)
+            self.failing.pop(m.key, None)
+            return res
+        except Exception as exc:  # onnxruntime errors: find the rows that cause it, run the others
+            batch_error = exc
+        res = np.full((len(rows_idx), man.output_dim), np.nan, dtype=np.float32)
+        ran = 0
+        for local, i in enumerate(rows_idx):
+            try:
+                res[local] = run_rows(m.session, man.output_name, build_inputs(man, [feature_rows[i]], m.encoders))[0]
+                ran += 1
+            except Exception as exc:
+                bad[i] = f"model_failed: {man.key} failed when run: {_first_line(exc)}"
+        if ran:
+            self.failing.pop(m.key, None)
+        elif rows_idx:
+            self.failing[m.key] = self.failing.get(m.key, 0) + 1
+            if self.failing[m.key] >= self.disable_after:
+                self.disabled[m.key] = man.sha256
+                self.metrics.inc("models_disabled")
+                log.error("ALERT: model %s DISABLED: it failed on every row of %d batches in a row (%s); the other "
+                          "models keep serving; it serves again when its package changes", m.key, self.failing[m.key],
+                          _first_line(batch_error))
+        return res
 
     def score(self, entity_type: str, feature_rows: list[dict]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
         """Score rows with every model of the type. Returns ({model key: [n, dim] float32}, {row: error}).
@@ -151,11 +200,19 @@ class ModelSet:
                         build_inputs(man, [feature_rows[i]], m.encoders)
                         keep.append(i)
                     except FeatureShapeError as exc:
-                        bad[i] = f"features do not fit {man.key}: {exc}"
+                        bad[i] = f"features_do_not_fit: features do not fit {man.key}: {exc}"
                 rows_idx = keep
                 feed = build_inputs(man, [feature_rows[i] for i in rows_idx], m.encoders) if rows_idx else None
             full = np.full((len(feature_rows), man.output_dim), np.nan, dtype=np.float32)
             if feed is not None:
-                full[rows_idx] = run_rows(m.session, man.output_name, feed)
+                res = self._run(m, feature_rows, rows_idx, feed, bad)
+                full[rows_idx] = res
+                finite = np.isfinite(res).all(axis=1)
+                if not finite.all():
+                    for local in np.flatnonzero(~finite):
+                        i = rows_idx[local]
+                        if i not in bad:
+                            n = int(np.sum(~np.isfinite(res[local])))
+                            bad[i] = f"non_finite_embedding: {man.key} produced NaN/inf ({n} of {res.shape[1]} values)"
             out[m.key] = full
         return out, bad

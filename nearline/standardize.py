@@ -21,11 +21,13 @@ from pathlib import Path
 
 from nearline.codec import Codec, CodecError
 from nearline.config import Config
-from nearline.deadletter import encode_dead_letter
+from nearline.deadletter import encode_dead_letter, reference_only
+from nearline.delivery import send_acknowledged
 from nearline.lifecycle import STOP, StopRequested, retry_until_done
 from nearline.marketplace.generate import ABBREV
 from nearline.marketplace.taxonomy import Taxonomies
 from nearline.offsets import OffsetTracker
+from nearline.validate import Limits, Rejected, check_size, check_update
 
 log = logging.getLogger(__name__)
 
@@ -187,18 +189,45 @@ def load_taxonomies(cfg: Config) -> Taxonomies:
     return Taxonomies.load(path)
 
 
-def standardize_message(proc: Processor, codec: Codec, value: bytes, now_ms: int) -> tuple[str, bytes] | None:
+def standardize_message(proc: Processor, codec: Codec, value: bytes, now_ms: int,
+                        limits: Limits | None = None) -> tuple[str, bytes] | None:
     """One EntityUpdate -> (key, StandardizedFeatures bytes); None for a delete (nothing to standardize).
 
-    Raises CodecError / StandardizationError for input that must be dead-lettered.
+    Raises CodecError / StandardizationError / Rejected for input that must be dead-lettered. Sizes
+    are checked before decoding and raw fields before (fuzzy, length-dependent) standardizing.
     """
+    limits = limits or Limits()
+    check_size(value, limits)
     upd = codec.decode(value, expect="EntityUpdate")
     if upd["op"] == "DELETE":
         return None
+    check_update(upd, limits)
     feats = proc.standardize(upd["fields"])
     out = {"entity_type": upd["entity_type"], "entity_id": upd["entity_id"], "version": upd["version"],
            "processor": proc.name, "features": feats, "produced_at": now_ms}
     return f"{upd['entity_type']}:{upd['entity_id']}", codec.encode("StandardizedFeatures", out)
+
+
+def _publish_or_dead_letter(producer, codec: Codec, sends: list, cfg: Config, name: str, stats: dict) -> None:
+    """Every record acknowledged (transient failures retried, acknowledged ones never re-sent), or
+    permanently refused: a refused output is dead-lettered (reason publish_refused), a refused dead
+    letter is sent again as a reference without its original. Never retried forever."""
+    what = f"standardize.{name}: publishing {len(sends)} records"
+    refused = send_acknowledged(producer, [(t, k, v) for t, k, v, _, _ in sends], what, log)
+    retry = []
+    for i, exc in refused:
+        t, k, v, tp, off = sends[i]
+        if t == cfg.topics.dead_letter:
+            log.error("standardize.%s: the dead-letter topic refused a %d-byte record (%s); sending it without its original",
+                      name, len(v), exc)
+            retry.append((t, None, reference_only(codec, v, str(exc))))
+        else:
+            stats["dead_letters"] += 1
+            retry.append((cfg.topics.dead_letter, k, encode_dead_letter(
+                codec, original=b"", key=k, topic=tp.topic, partition=tp.partition, offset=off, stage=f"standardize.{name}",
+                error=f"publish_refused: {t} refused the {len(v)}-byte output ({exc})")))
+    for i, exc in send_acknowledged(producer, retry, f"standardize.{name}: publishing {len(retry)} dead letters", log):
+        log.error("standardize.%s: dead letter refused even without its original, dropped (%s)", name, exc)
 
 
 def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int | None = None,
@@ -211,6 +240,7 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
 
     proc = make_processor(name, load_taxonomies(cfg))
     codec = Codec()
+    limits = Limits.from_config(cfg)
     delay = cfg.standardizers.delays.get(name)
     delay_s = (delay.delay_ms / 1000.0) if delay else 0.0
     jitter_s = (delay.jitter_ms / 1000.0) if delay else 0.0
@@ -262,12 +292,19 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
                     stats["read"] += 1
                     tracker.read(tp, m.offset)
                     try:
-                        res = standardize_message(proc, codec, m.value, int(time.time() * 1000))
-                    except (CodecError, StandardizationError) as exc:
+                        res = standardize_message(proc, codec, m.value, int(time.time() * 1000), limits)
+                    except (CodecError, StandardizationError, Rejected) as exc:
                         stats["dead_letters"] += 1
+                        error = str(exc) if isinstance(exc, Rejected) else (
+                            f"{'undecodable' if isinstance(exc, CodecError) else 'standardize_failed'}: {exc}")
+                        reason = error.split(":", 1)[0]
+                        stats[f"dead_letters_{reason}"] = stats.get(f"dead_letters_{reason}", 0) + 1
+                        log.warning("standardize.%s: dead letter (%s[%d]@%d): %s", name, m.topic, m.partition, m.offset,
+                                    error[:300])
                         dl = encode_dead_letter(codec, original=m.value, key=m.key, topic=m.topic, partition=m.partition,
-                                                offset=m.offset, stage=f"standardize.{name}", error=str(exc))
-                        sends.append((cfg.topics.dead_letter, m.key, dl, tp, m.offset))
+                                                offset=m.offset, stage=f"standardize.{name}", error=error,
+                                                max_original=cfg.limits.dead_letter_original_bytes)
+                        sends.append((cfg.topics.dead_letter, m.key[:256] if m.key else m.key, dl, tp, m.offset))
                         continue
                     if res is None:
                         stats["deletes_skipped"] += 1
@@ -282,13 +319,7 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
                 _, _, tp, off, key, value = heapq.heappop(held)
                 sends.append((out_topic, key, value, tp, off))
             if sends:
-                def publish():  # every send acknowledged, or all of them again (the job drops duplicates)
-                    futs = [producer.send(t, key=k, value=v) for t, k, v, _, _ in sends]
-                    producer.flush(timeout=30)
-                    for f in futs:
-                        f.get(timeout=30)
-
-                retry_until_done(f"standardize.{name}: publishing {len(sends)} records", publish, log)
+                _publish_or_dead_letter(producer, codec, sends, cfg, name, stats)
                 for _, _, _, tp, off in sends:
                     tracker.done(tp, off)
                 stats["written"] += len(sends)

@@ -4,16 +4,26 @@ Layout: hash ``<prefix>:<type>:<id>`` with one field per model version (``<model
 float32 little-endian bytes) and ``_v`` (the entity update version they came from). A delete leaves
 only ``_v`` and ``_deleted=1`` (so a late, older upsert cannot resurrect the entity). Writes run as a
 Lua compare-and-set on ``_v``, so an older update version never overwrites a newer one even across
-job restarts or concurrent writers. Versions must stay below 2**53 (Lua numbers are doubles).
+job restarts or concurrent writers. Versions are compared exactly, as decimal strings (Lua numbers are
+doubles, exact only below 2**53: 2**53 would have overwritten 2**53+1); the valid range is
+[0, 2**63-1] (nearline.validate.VERSION_MAX), enforced here and in the job's input checks.
+
+A delete of an entity Redis holds nothing for writes nothing (no marker): no older upsert of it can be
+pending, since upserts and deletes of one entity share a partition and are applied in version order.
+
+:class:`DataLossDetector` keeps a sentinel key in Redis and notices when it disappears (Redis restarted
+empty, FLUSHALL): every embedding and delete marker written before is then gone.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 
 from nearline.lifecycle import retry_until_done
+from nearline.validate import VERSION_MAX, VERSION_MIN
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +32,28 @@ DELETED_FIELD = "_deleted"
 PARTIAL_FIELD = "_partial"
 META_FIELDS = (VERSION_FIELD, DELETED_FIELD, PARTIAL_FIELD)
 
+# Versions travel as decimal strings without leading zeros (str(int) in Python): the longer string is
+# the larger number; equal lengths compare digit by digit (bytes, since Lua's string '<' uses strcoll,
+# which follows Redis's locale). No tonumber(): doubles lose precision from 2**53 on.
+_VCMP = """
+local function vcmp(a, b)
+  if #a ~= #b then if #a < #b then return -1 else return 1 end end
+  for i = 1, #a do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then if x < y then return -1 else return 1 end end
+  end
+  return 0
+end
+"""
+
 # ARGV: version, partial flag ("1"/"0"), field, value, ...  A partial result may replace only an older
 # version or a partial one of the same version (see nearline/dedupe.py).
-_WRITE = """
+_WRITE = _VCMP + """
 local cur = redis.call('HGET', KEYS[1], '_v')
 if cur then
-  local c, v = tonumber(cur), tonumber(ARGV[1])
-  if c > v then return 0 end
-  if c == v and ARGV[2] == '1' and redis.call('HEXISTS', KEYS[1], '_partial') == 0 then return 0 end
+  local c = vcmp(cur, ARGV[1])
+  if c > 0 then return 0 end
+  if c == 0 and ARGV[2] == '1' and redis.call('HEXISTS', KEYS[1], '_partial') == 0 then return 0 end
 end
 redis.call('HSET', KEYS[1], '_v', ARGV[1], unpack(ARGV, 3))
 redis.call('HDEL', KEYS[1], '_deleted')
@@ -37,9 +61,10 @@ if ARGV[2] == '1' then redis.call('HSET', KEYS[1], '_partial', '1') else redis.c
 return 1
 """
 
-_DELETE = """
+_DELETE = _VCMP + """
 local cur = redis.call('HGET', KEYS[1], '_v')
-if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
+if not cur then return 0 end
+if vcmp(cur, ARGV[1]) > 0 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], '_v', ARGV[1], '_deleted', '1')
 return 1
@@ -88,15 +113,18 @@ class RedisEmbeddingStore:
     def write(self, upserts: list[tuple], deletes: list[tuple[str, str, int]]) -> list[bool]:
         """Version-guarded writes, pipelined; returns for each upsert then each delete whether it applied.
         upserts: (type, id, version, {field: bytes}[, partial])."""
+        for v in [up[2] for up in upserts] + [d[2] for d in deletes]:
+            check_version(v)
+
         def run():
             pipe = self.r.pipeline(transaction=False)
             for up in upserts:
                 t, i, version, fields = up[:4]
                 partial = len(up) > 4 and up[4]
                 flat = [x for kv in fields.items() for x in kv]
-                self._write(keys=[self.key(t, i)], args=[version, "1" if partial else "0", *flat], client=pipe)
+                self._write(keys=[self.key(t, i)], args=[str(int(version)), "1" if partial else "0", *flat], client=pipe)
             for t, i, version in deletes:
-                self._delete(keys=[self.key(t, i)], args=[version], client=pipe)
+                self._delete(keys=[self.key(t, i)], args=[str(int(version))], client=pipe)
             return pipe.execute()
 
         if not upserts and not deletes:
@@ -105,6 +133,57 @@ class RedisEmbeddingStore:
 
     def get(self, entity_type: str, entity_id: str) -> dict[str, bytes]:
         return {k.decode(): v for k, v in self.r.hgetall(self.key(entity_type, entity_id)).items()}
+
+
+def check_version(v) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or not VERSION_MIN <= v <= VERSION_MAX:
+        raise ValueError(f"version {v!r} outside the valid range [0, 2**63-1]")
+
+
+class DataLossDetector:
+    """Notices that Redis lost its data while the job runs (restarted empty, flushed).
+
+    At start the job writes ``<prefix>:_sentinel`` (if absent); then, at most every ``every_s``, it
+    checks the key still exists. Gone means every embedding and delete marker written before is gone
+    too: that is logged as an error and counted (``redis_data_loss_detected``), and the sentinel is
+    written again. Rebuilding the lost entities is the backfill's job. (A Redis emptied while the job
+    was down cannot be told from a fresh one at start; the start-up log says the sentinel was created.)
+    """
+
+    def __init__(self, store: "RedisEmbeddingStore", every_s: float = 5.0, metrics=None, clock=time.monotonic):
+        self.store, self.every_s, self.clock = store, every_s, clock
+        self.key = f"{store.prefix}:_sentinel"
+        self.metrics = metrics
+        self.started: str | None = None
+        self.next_check = 0.0
+        self.losses = 0
+
+    def _write(self) -> bool:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return bool(self.store._retrying("write sentinel", lambda: self.store.r.set(self.key, stamp, nx=True)))
+
+    def check(self) -> bool:
+        """True if Redis lost its data since the last check. Cheap when called often (rate-limited)."""
+        now = self.clock()
+        if now < self.next_check:
+            return False
+        self.next_check = now + self.every_s
+        if self.started is None:
+            created = self._write()
+            self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            if created:
+                log.warning("Redis sentinel %s created: a fresh Redis, or one emptied while the job was down "
+                            "(then its entities need a backfill)", self.key)
+            return False
+        if self.store._retrying("check sentinel", lambda: self.store.r.exists(self.key)):
+            return False
+        self.losses += 1
+        log.error("REDIS DATA LOSS: sentinel %s is gone (Redis restarted empty or was flushed); every embedding "
+                  "and delete marker written before now is lost; rebuild them with a backfill", self.key)
+        if self.metrics is not None:
+            self.metrics.inc("redis_data_loss_detected")
+        self._write()
+        return True
 
 
 class ReadMarks:

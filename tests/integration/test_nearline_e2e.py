@@ -18,6 +18,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SHIPPED = [str(REPO_ROOT / "models/packages/member_pyramid/v1"), str(REPO_ROOT / "models/packages/job_pyramid/v1")]
 
 
+def _assert_final_versions_published(h: Harness, published: set) -> None:
+    for key, fields in h.final_state().items():
+        stored = h.stored(key)
+        if not stored:  # a delete of an entity Redis never held leaves no marker and no tombstone (issue 13)
+            assert fields is None, f"{key} is live but Redis holds nothing for it"
+            continue
+        v = int(stored["_v"])
+        assert (key, v) in published, f"{key}: final version {v} in Redis was never published"
+
+
 def _check_live_and_deleted(h: Harness, must_have: dict[str, set[str]]):
     state = h.final_state()
     live = {k: f for k, f in state.items() if f is not None}
@@ -125,17 +135,18 @@ def test_stream_through_standardizers_and_job(tmp_path, kafka_bootstrap, redis_u
                 if evs[-1] is cur and last[key] is cur:  # nothing after it: Redis still holds prev's version
                     assert int(h.stored(key)["_v"]) == prev.record["version"]
     assert checked >= 10, checked
-    for key, fields in h.final_state().items():
-        v = int(h.stored(key)["_v"])
-        assert (key, v) in published, f"{key}: final version {v} in Redis was never published"
+    _assert_final_versions_published(h, published)
 
     # 4. bad input was dead-lettered with its reason
     dls = h.topic_records(cfg.topics.dead_letter)
     stages = {d["stage"] for d in dls}
-    assert {"nearline.decode", "nearline.validate", "nearline.score"} <= stages, dls
-    assert any("1 weights for 2 ids" in d["error"] for d in dls)
+    assert {"nearline.decode", "nearline.validate"} <= stages, dls
+    # features that do not fit are refused at the job's input checks, before the join (issue 13)
+    assert any(d["error"].startswith("bad_weights: ") and "1 weights for 2 ids" in d["error"] for d in dls)
     assert any(d["original"] == b"\x00not avro" for d in dls)
-    assert not h.stored("member:mbad") or not any(not k.startswith("_") for k in h.stored("member:mbad"))
+    # so the version never completes: at most, once the join times out, a partial one (as with a missing output)
+    mbad = h.stored("member:mbad")
+    assert not mbad or mbad.get("_partial") == b"1" or not any(not k.startswith("_") for k in mbad)
 
 
 def test_sigkill_mid_stream_and_restart(tmp_path, kafka_bootstrap, redis_url, marketplace_dir, unique):
@@ -162,8 +173,7 @@ def test_sigkill_mid_stream_and_restart(tmp_path, kafka_bootstrap, redis_url, ma
     assert _check_live_and_deleted(h, base) > 500
     msgs = h.topic_records(cfg.topics.embeddings)
     published = {(f"{m['entity_type']}:{m['entity_id']}", m["version"]) for m in msgs}
-    for key in h.final_state():
-        assert (key, int(h.stored(key)["_v"])) in published, key
+    _assert_final_versions_published(h, published)
 
 
 def test_join_timeout_scores_with_declared_defaults_and_flags_partial(tmp_path, kafka_bootstrap, redis_url,

@@ -31,3 +31,10 @@ def test_partial_never_replaces_a_complete_embedding_of_the_same_version():
     assert decide(5, stored, 5, {"m@v1": vec(0, 0)}, partial=True, stored_partial=True).changed
     assert decide(4, stored, 5, {"m@v1": vec(0, 0)}, partial=True).changed  # newer version: written, flagged
     assert decide(5, stored, 5, {"m@v1": vec(3, 3)}, stored_partial=True).changed  # complete upgrades partial
+
+
+def test_the_complete_result_of_a_version_stored_partial_is_always_written():
+    """Even when its vectors equal the partial ones: the partial flag must be cleared (issue 13)."""
+    d = decide(5, {"m@v1": vec(1)}, 5, {"m@v1": vec(1)}, partial=False, stored_partial=True)
+    assert d.changed == {"m@v1": vec(1)} and not d.stale
+    assert decide(5, {"m@v1": vec(1)}, 5, {"m@v1": vec(1)}, partial=True, stored_partial=True).changed == {}

@@ -168,3 +168,113 @@ def test_pickled_state_leaves_out_the_completed_cache():
     back = pickle.loads(pickle.dumps(j))
     assert list(back.pending) == ["member:m1", "member:m2"] and back.pending["member:m1"].processors == {"title"}
     assert len(back.completed) == 0 and len(j.completed) == 1000
+
+
+# ---- issue 13: partial never blocks complete; features without update; the job's own stalls ----------
+
+def test_late_messages_complete_a_version_emitted_partial():
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=30, clock=clock)
+    feed(j, [("u", upd("m1", 4)), ("f", feat("m1", 4, "title"))])
+    clock.t += 31
+    [p] = j.on_tick()
+    assert p.partial and p.missing == ["skills"] and len(p.sources) == 2
+    late = feat("m1", 4, "skills", [9])
+    [c] = joined(feed(j, [("f", late)]))
+    assert not c.partial and c.version == 4 and set(c.features) == {"title", "skills"}
+    assert c.sources == [late[1].source]  # only the late message: the others went with the partial result
+    assert j.counters["joins_completed_after_partial"] == 1
+    assert feed(j, [("f", feat("m1", 4, "skills"))])[0].reason == "stale"  # completed now
+    assert not j.partials and not j.pending
+
+
+def test_a_partial_version_open_for_late_messages_is_closed_after_another_timeout():
+    clock = Clock()
+    j = StandardizationJoin({"member": {"title", "skills", "geo"}}, timeout_s=30, clock=clock)
+    feed(j, [("u", upd("m1", 1)), ("f", feat("m1", 1, "title"))])
+    clock.t += 31
+    [p1] = j.on_tick()
+    feed(j, [("f", feat("m1", 1, "skills"))])  # late, but geo never comes
+    clock.t += 31
+    [p2] = j.on_tick()
+    assert p2.partial and p2.missing == ["geo"] and set(p2.features) == {"title", "skills"} and len(p2.sources) == 1
+    assert feed(j, [("f", feat("m1", 1, "geo"))])[0].reason == "stale" and not j.partials
+    # a newer version ends the open partial version at once
+    feed(j, [("u", upd("m2", 1))])
+    clock.t += 31
+    j.on_tick()
+    assert "member:m2" in j.partials
+    feed(j, [("u", upd("m2", 2))])
+    assert "member:m2" not in j.partials and j.pending["member:m2"].version == 2
+
+
+def test_open_partial_versions_are_bounded():
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=30, remember_partial=10, clock=clock)
+    for i in range(50):
+        feed(j, [("u", upd(f"m{i}", 1))])
+    clock.t += 31
+    assert len(joined(j.on_tick())) == 50 and len(j.partials) <= 10
+
+
+@pytest.mark.parametrize("policy", ["partial", "dead_letter"])
+def test_features_without_an_update_are_dead_lettered_never_scored(policy):
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=30, policy=policy, clock=clock)
+    feed(j, [("f", feat("ghost", 1, "title")), ("f", feat("ghost", 1, "skills"))])
+    clock.t += 31
+    [o] = j.on_tick()
+    assert isinstance(o, JoinDeadLetter) and o.reason == "features_without_update"
+    assert o.error.startswith("features_without_update: ") and len(o.sources) == 2
+    assert j.counters["features_without_update"] == 1 and j.counters["joins_partial"] == 0
+    # not remembered as done: an update of that version that is merely late still joins
+    assert feed(j, [("u", upd("ghost", 1))]) == [] and "member:ghost" in j.pending
+
+
+def test_the_jobs_own_stall_is_not_timeout_time():
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=30, stall_gap_s=5, clock=clock)
+    feed(j, [("u", upd("m1", 1)), ("f", feat("m1", 1, "title"))])
+    for _ in range(20):            # 20 s of normal batches
+        clock.t += 1
+        assert j.on_tick() == []
+    clock.t += 30                  # the job was blocked for 30 s (Redis SIGSTOP): counts as 5
+    assert j.on_tick() == [] and j.counters["join_stalls"] == 1
+    [c] = joined(feed(j, [("f", feat("m1", 1, "skills"))]))  # its message, read after the stall
+    assert not c.partial
+    # the timeout still applies in active time
+    feed(j, [("u", upd("m2", 1))])
+    out = []
+    for _ in range(31):
+        clock.t += 1
+        out += j.on_tick()
+    assert [(o.key, o.partial) for o in joined(out)] == [("member:m2", True)]
+
+
+def test_state_pickled_by_the_previous_version_still_loads():
+    import pickle
+
+    j = StandardizationJoin(REQ, clock=None)
+    d = j.__dict__.copy()
+    for k in ("partials", "remember_partial", "stall_gap_s", "stalled_s", "_last_wall"):
+        del d[k]
+    old = StandardizationJoin.__new__(StandardizationJoin)
+    old.__dict__.update(d)
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.partials == {} and restored.stall_gap_s == 0.0
+
+
+def test_a_refused_standardizer_output_is_not_waited_for():
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=30, clock=clock)
+    bad = feat("m1", 2, "skills")
+    assert j.on_refused(*bad) == []
+    [p] = joined(feed(j, [("f", feat("m1", 2, "title")), ("u", upd("m1", 2))]))
+    assert p.partial and p.missing == ["skills"] and bad[1].source not in p.sources and len(p.sources) == 2
+    # refused output alone, no update: no second dead letter, nothing scored
+    j.on_refused(*feat("m9", 1, "skills"))
+    clock.t += 31
+    assert [type(o).__name__ for o in j.on_tick()] == ["Released"] and not j.pending
+    # the dead_letter policy waits for the timeout as before
+    d = StandardizationJoin(REQ, timeout_s=30, policy="dead_letter", clock=clock)
+    assert d.on_refused(*feat("m1", 1, "skills")) == [] and not d.pending

@@ -38,3 +38,57 @@ def test_modelset_scores_every_model_of_the_type_and_isolates_bad_rows(tmp_path)
     assert set(scores) == {"m_a@v1", "m_b@v1"} and scores["m_b@v1"].shape == (3, 4)
     assert list(errors) == [1] and "1 weights for 2 ids" in errors[1]
     assert np.isnan(scores["m_a@v1"][1]).all() and np.array_equal(scores["m_a@v1"][0], scores["m_a@v1"][2])
+
+
+# ---- issue 13: a model failing at run time never stops the job; every embedding is finite ------------
+
+def _modelset(tmp_path):
+    from nearline.metrics import Metrics
+
+    reg = Registry(tmp_path / "registry.yaml")
+    reg.register(make_package(tmp_path, "m_a", "v1", "member", seed=1))
+    reg.register(make_package(tmp_path, "m_b", "v1", "member", seed=2))
+    metrics = Metrics()
+    return ModelSet(RegistryWatcher(reg, ["member"]), metrics=metrics), metrics
+
+
+def _break_vocab(ms, key):
+    """A model whose manifest overstates the title vocabulary (as one registered before the probe
+    check existed): real onnxruntime fails on ids beyond the graph's table."""
+    from nearline.features import FeatureEncoder
+
+    m = ms.models[key]
+    f = next(f for f in m.package.manifest.inputs if f.name == "title")
+    f.vocab_size = 1000
+    m.encoders["title"] = FeatureEncoder(f)
+
+
+def test_a_model_failing_on_some_rows_dead_letters_those_rows_only(tmp_path):
+    ms, _ = _modelset(tmp_path)
+    _break_vocab(ms, "m_a@v1")
+    ok, boom = {"title": {"ids": [3], "weights": None}}, {"title": {"ids": [500], "weights": None}}
+    scores, errors = ms.score("member", [ok, boom, ok])
+    assert list(errors) == [1] and errors[1].startswith("model_failed: m_a@v1 failed when run")
+    assert np.isfinite(scores["m_a@v1"][[0, 2]]).all() and np.isfinite(scores["m_b@v1"][[0, 2]]).all()
+    assert "m_a@v1" not in ms.disabled
+
+
+def test_a_model_failing_on_every_row_is_disabled_with_an_alert(tmp_path, caplog):
+    ms, metrics = _modelset(tmp_path)
+    _break_vocab(ms, "m_a@v1")
+    boom = {"title": {"ids": [500], "weights": None}}
+    for _ in range(3):
+        _, errors = ms.score("member", [boom, boom])
+        assert set(errors) == {0, 1}
+    assert "m_a@v1" in ms.disabled and metrics.snapshot()["counters"]["models_disabled"] == 1
+    assert any("ALERT" in r.message and "m_a@v1" in r.message for r in caplog.records)
+    scores, errors = ms.score("member", [{"title": {"ids": [3], "weights": None}}])
+    assert set(scores) == {"m_b@v1"} and not errors  # the other model keeps serving
+
+
+def test_non_finite_embeddings_are_reported_never_returned(tmp_path):
+    ms, _ = _modelset(tmp_path)
+    huge = {"skills": {"ids": [3, 4, 5, 6], "weights": [3e38, -3e38, 3e38, -3e38]}}
+    ok = {"title": {"ids": [3], "weights": None}}
+    _, errors = ms.score("member", [ok, huge])
+    assert list(errors) == [1] and errors[1].startswith("non_finite_embedding: ")

@@ -55,3 +55,32 @@ def test_bad_messages_raise_for_dead_lettering(tax):
     out = c.decode(value, expect="StandardizedFeatures")
     assert key == "job:j" and out["version"] == 1 and out["processor"] == "title"
     assert tax.seniority[out["features"]["seniority"]["ids"][0]] == "senior"
+
+
+def test_limits_are_checked_before_decoding_and_before_standardizing():
+    """A 300 KB raw field would cost seconds of fuzzy matching: it is refused first (issue 13)."""
+    import time
+
+    import pytest
+
+    from nearline.codec import Codec
+    from nearline.standardize import standardize_message
+    from nearline.validate import Limits, Rejected
+
+    class Exploding:  # a processor that must never be reached
+        name = "title"
+
+        def standardize(self, fields):
+            raise AssertionError("standardized despite the limits")
+
+    c = Codec()
+    upd = {"entity_type": "member", "entity_id": "m1", "version": 1, "op": "UPSERT", "event_time": 0,
+           "fields": {"title": "engineer " * 35_000}}
+    t0 = time.perf_counter()
+    with pytest.raises(Rejected, match="bad_raw_fields"):
+        standardize_message(Exploding(), c, c.encode("EntityUpdate", upd), 0, Limits(max_message_bytes=10**6))
+    with pytest.raises(Rejected, match="oversize"):
+        standardize_message(Exploding(), c, c.encode("EntityUpdate", upd), 0, Limits())
+    with pytest.raises(Rejected, match="bad_version"):
+        standardize_message(Exploding(), c, c.encode("EntityUpdate", {**upd, "version": -5, "fields": {}}), 0)
+    assert time.perf_counter() - t0 < 1.0

@@ -12,6 +12,8 @@ from apache_beam.testing.test_stream import TestStream
 TestStream.__test__ = False  # not a pytest class
 from apache_beam.testing.util import assert_that, equal_to
 
+from kafka.partitioner.default import murmur2
+
 from nearline.beam_jobs.nearline_job import StandardizationJoinFn
 from nearline.codec import Codec
 from nearline.config import Config
@@ -30,6 +32,7 @@ def cfg_with_models(tmp_path, timeout_s=30.0, policy="partial") -> Config:
     cfg = Config()
     cfg.models.registry = str(reg.path)
     cfg.join.timeout_s, cfg.join.timeout_policy = timeout_s, policy
+    cfg.join.stall_gap_s = 0.0  # each batch below stands for many idle polls: no gap between them is a stall
     return cfg
 
 
@@ -37,19 +40,22 @@ class Feed:
     def __init__(self):
         self.offsets = {}
 
-    def rec(self, topic, value):
-        off = self.offsets.get(topic, 0)
-        self.offsets[topic] = off + 1
-        return KafkaRecord(topic, 0, off, b"k", value)
+    def rec(self, topic, value, key=b"junk"):
+        # the job checks that a key is the payload's entity and hashes to the partition it came from
+        part = (murmur2(key) & 0x7FFFFFFF) % Config().topics.partitions
+        off = self.offsets.get((topic, part), 0)
+        self.offsets[(topic, part)] = off + 1
+        return KafkaRecord(topic, part, off, key, value)
 
     def upd(self, eid, v, op="UPSERT", etype="member"):
         return self.rec("entity-updates", C.encode("EntityUpdate", {
-            "entity_type": etype, "entity_id": eid, "version": v, "op": op, "event_time": 0, "fields": {}}))
+            "entity_type": etype, "entity_id": eid, "version": v, "op": op, "event_time": 0, "fields": {}}),
+            f"{etype}:{eid}".encode())
 
     def feat(self, eid, v, proc, etype="member"):
         return self.rec(f"standardized.{proc}", C.encode("StandardizedFeatures", {
             "entity_type": etype, "entity_id": eid, "version": v, "processor": proc,
-            "features": {proc: {"ids": [3], "weights": None}}, "produced_at": 0}))
+            "features": {proc: {"ids": [3], "weights": None}}, "produced_at": 0}), f"{etype}:{eid}".encode())
 
 
 def summarize(wb):
