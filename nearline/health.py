@@ -51,10 +51,12 @@ def kafka_problem(bootstrap: str, timeout_s: float = 3.0) -> str | None:
 def _kafka_probe(bootstrap: str, timeout_s: float) -> str | None:
     from kafka import KafkaAdminClient
 
+    from nearline.kafka_io import _with_security
+
     ms = int(timeout_s * 1000)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=ms, bootstrap_timeout_ms=ms,
-                                 client_id="nearline-health")
+        admin = KafkaAdminClient(**_with_security(dict(bootstrap_servers=bootstrap, request_timeout_ms=ms,
+                                                       bootstrap_timeout_ms=ms, client_id="nearline-health")))
     except Exception as exc:
         return _why(exc)
     try:
