@@ -255,25 +255,43 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
     held: list = []  # (due, seq, tp, offset, key, value) delayed outputs
 
     class _Rebalance(kafka_io.ConsumerRebalanceListener):
-        """Partitions taken away in a rebalance are forgotten (their delayed outputs too): the new owner
-        re-reads them from the committed offset; the job drops the duplicates by version."""
+        """Before partitions are taken away in a rebalance, their delayed outputs are published (acked)
+        and their offsets committed, the usual Kafka pattern: dropping the outputs instead would lose
+        them whenever the consumer keeps its position for a partition it gets back (kafka-python does
+        for partitions it keeps), since the offsets would then never be read again. A commit that
+        fails here only means the new owner re-reads some records (the job drops the duplicates)."""
 
         def on_partitions_revoked(self, revoked):
             gone = set(revoked)
-            if gone:
-                tracker.forget(gone)
+            if not gone:
+                return
+            mine = [h for h in held if h[2] in gone]
+            if mine:
+                flush = [(out_topic, key, value, tp, off) for _, _, tp, off, key, value in mine]
+                _publish_or_dead_letter(producer, codec, flush, cfg, name, stats)
+                for _, _, _, tp, off in flush:
+                    tracker.done(tp, off)
+                stats["written"] += len(flush)
                 held[:] = [h for h in held if h[2] not in gone]
                 heapq.heapify(held)
-                log.info("standardize.%s: partitions revoked %s", name, sorted(tp.partition for tp in gone))
+            to_commit = {tp: off for tp, off in tracker.committable().items() if tp in gone}
+            try:
+                kafka_io.commit(consumer, to_commit, timeout_ms=5000)
+            except kafka_io.KafkaError as exc:
+                log.warning("standardize.%s: commit before the rebalance failed (%s); the new owner re-reads "
+                            "from the last commit", name, exc)
+            tracker.forget(gone)
+            log.info("standardize.%s: partitions revoked %s (%d delayed outputs flushed)", name,
+                     sorted(tp.partition for tp in gone), len(mine))
 
         def on_partitions_assigned(self, assigned):
             tracker.forget(assigned)  # fresh positions: from the committed offset
             log.info("standardize.%s: partitions assigned %s", name, sorted(tp.partition for tp in assigned))
 
+    stats = {"read": 0, "written": 0, "deletes_skipped": 0, "dead_letters": 0}
     consumer.subscribe(cfg.update_topics(), listener=_Rebalance())
     commit_failures = 0
     seq = 0
-    stats = {"read": 0, "written": 0, "deletes_skipped": 0, "dead_letters": 0}
     stopping = stop if stop is not None else []
 
     def _sig(*_):
