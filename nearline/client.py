@@ -67,6 +67,14 @@ class EmbeddingClient:
                 vecs[f"{e['model']}@{e['model_version']}"] = decode_vector(e["vector"])
             self.cache[k] = {"version": rec["version"], "vectors": vecs, "deleted": False}
 
+    def retire(self, rec: dict) -> None:
+        """Drop a retired model version (a ModelRetired notice) from every cached entity of its type."""
+        key = f"{rec['model']}@{rec['model_version']}"
+        with self._lock:
+            for (etype, _), c in self.cache.items():
+                if etype == rec["entity_type"]:
+                    c["vectors"].pop(key, None)
+
     def subscribe(self, group: str | None = None, from_beginning: bool = True) -> None:
         from nearline import kafka_io
 
@@ -80,7 +88,11 @@ class EmbeddingClient:
                 while not self._stop.is_set():
                     for msgs in consumer.poll(200).values():
                         for m in msgs:
-                            self.apply(self.codec.decode(m.value, expect="EntityEmbeddings"))
+                            rec = self.codec.decode(m.value)
+                            if "retired_at" in rec:  # ModelRetired control notice (nearline models retire)
+                                self.retire(rec)
+                            else:
+                                self.apply(rec)
             finally:
                 consumer.close()
 

@@ -30,6 +30,7 @@ from nearline.lifecycle import retry_until_done
 from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, ReplayTimeout, StandardizationJoin
 from nearline.metrics import METRICS, Metrics
 from nearline.offsets import OffsetTracker
+from nearline.snapshot import snapshot_send, tombstone_send
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,9 @@ class PublishStage:
         now_ms = int(time.time() * 1000)
         upserts, deletes, sends, latencies = [], [], [], []
         n_dedup = n_written = n_stale = 0
+        # the feature snapshot (nearline/snapshot.py): every non-stale version's features, deduped or not,
+        # so a backfill scores exactly the version Redis holds; sent with the batch, before the commit
+        snap_topic, snapshots = self.cfg.topics.feature_snapshot, []
         for j, emb in zip(wb.joined, wb.embeddings):
             cur = view[(j.entity_type, j.entity_id)]
             sv, sp, sf = cur
@@ -203,6 +207,7 @@ class PublishStage:
             if d.stale:
                 n_stale += len(emb)
                 continue
+            snapshots.append(snapshot_send(snap_topic, j, self.codec, now_ms))
             n_dedup += d.unchanged
             if not d.changed:
                 continue
@@ -227,6 +232,7 @@ class PublishStage:
                 continue
             cur[0], cur[1], cur[2] = dl.version, False, {}
             deletes.append((dl.entity_type, dl.entity_id, dl.version))
+            snapshots.append(tombstone_send(snap_topic, dl.key, dl.version))
             rec = {"entity_type": dl.entity_type, "entity_id": dl.entity_id, "version": dl.version,
                    "deleted": True, "partial": False, "embeddings": []}
             sends.append((self.cfg.topics.embeddings, dl.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
@@ -237,7 +243,7 @@ class PublishStage:
                 self.codec, original=r.value, key=r.key, topic=r.topic, partition=r.partition, offset=r.offset,
                 stage=d.stage, error=d.error)))
             log.warning("dead letter from %s (%s[%d]@%d): %s", d.stage, r.topic, r.partition, r.offset, d.error)
-        self._send_all(sends)                       # 1. Kafka (acknowledged)
+        self._send_all(sends + snapshots)           # 1. Kafka (acknowledged)
         retries_before = self.store.retries
         self.store.write(upserts, deletes)          # 2. Redis, version-guarded
         m = self.metrics
@@ -245,6 +251,7 @@ class PublishStage:
         m.inc("embeddings_written", n_written)
         m.inc("embeddings_stale", n_stale)
         m.inc("messages_published", n_msgs)
+        m.inc("snapshots_written", len(snapshots))
         m.inc("dead_letters", len(wb.dead_letters))
         m.inc("redis_retries", self.store.retries - retries_before)
         m.observe_latency(latencies)
@@ -273,7 +280,8 @@ class PublishStage:
             return
 
         def send():  # on failure the whole batch is sent again (consumers keep the highest version)
-            futs = [self.producer.send(t, key=k, value=v) for t, k, v in sends]
+            futs = [self.producer.send(s[0], key=s[1], value=s[2], headers=s[3] if len(s) > 3 else None)
+                    for s in sends]
             self.producer.flush(timeout=30)
             for f in futs:
                 f.get(timeout=30)
