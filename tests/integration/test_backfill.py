@@ -91,7 +91,8 @@ class World:
                     continue
                 if round_ == 2 and r < 0.45 and self.final.get(f"{etype}:{eid}", (0, None))[1] is not None:
                     # an irrelevant update: same features, newer version (the job dedupes it, _v stays)
-                    batch.append((etype, eid, 10 * round_ + 1, self.final[f"{etype}:{eid}"][1], False))
+                    _, feats, partial = self.final[f"{etype}:{eid}"]
+                    batch.append((etype, eid, 10 * round_ + 1, feats, partial))
                     continue
                 batch.append((etype, eid, 10 * round_ + 1, random_features(rng, partial=r > 0.93), r > 0.93))
                 if len(batch) >= 300:
