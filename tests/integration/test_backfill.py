@@ -342,3 +342,44 @@ def test_retire_removes_the_version_everywhere(world, tmp_path):
     assert len(notices) == w.cfg.topics.partitions and notices[0]["model"] == "member_tiny"
     client.retire(notices[0])
     assert not any(new in c["vectors"] for c in client.cache.values())
+
+
+def test_snapshot_topic_is_log_compacted(kafka_bootstrap, redis_url, unique):
+    from nearline.snapshot import cleanup_policy
+
+    cfg = isolated_config(kafka_bootstrap, redis_url, unique)
+    ensure_snapshot_topic(kafka_bootstrap, cfg)
+    assert cleanup_policy(kafka_bootstrap, cfg.topics.feature_snapshot) == "compact"
+    # created by someone else with the delete policy (e.g. broker auto-creation): switched to compact
+    cfg.topics.feature_snapshot += "-auto"
+    kafka_io.ensure_topics(kafka_bootstrap, [cfg.topics.feature_snapshot], 4)
+    assert cleanup_policy(kafka_bootstrap, cfg.topics.feature_snapshot) == "delete"
+    ensure_snapshot_topic(kafka_bootstrap, cfg)
+    assert cleanup_policy(kafka_bootstrap, cfg.topics.feature_snapshot) == "compact"
+
+
+def test_models_register_cli_appends_the_line_and_backfills(world, tmp_path):
+    w = world
+    w.populate(120, 10, seed=6)
+    pkg = make_package(w.pk, "member_tiny", "v3", "member", seed=11, dim=4)
+    t = w.cfg.topics
+    conf = tmp_path / "cli.yaml"
+    conf.write_text(yaml.safe_dump({
+        "topics": {"entity_updates": t.entity_updates, "standardized_prefix": t.standardized_prefix,
+                   "embeddings": t.embeddings, "dead_letter": t.dead_letter, "feature_snapshot": t.feature_snapshot},
+        "kafka": {"bootstrap": w.cfg.kafka.bootstrap}, "redis": {"url": w.cfg.redis.url, "key_prefix": w.cfg.redis.key_prefix},
+        "job": {"registry_poll_s": 0.1}, "models": {"registry": str(w.registry)}}))
+    cli = [sys.executable, "-m", "nearline.cli", "--config", str(conf), "models"]
+    out = subprocess.run(cli + ["register", str(pkg)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "registered member_tiny@v3" in out.stdout and "backfill of member_tiny@v3" in out.stdout
+    assert "- pk/member_tiny/v3\n" in w.registry.read_text()  # relative to the registry file
+    expected = w.expected("member_tiny@v3")
+    assert len(expected) > 50
+    for k, vec in expected.items():
+        assert np.array_equal(np.frombuffer(w.store.get(*k.split(":", 1))["member_tiny@v3"], "<f4"), vec), k
+    bad = subprocess.run(cli + ["retire", "nope@v1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0 and "nope@v1 is not registered" in bad.stderr
+    out = subprocess.run(cli + ["retire", "member_tiny@v3", "--grace", "0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "retired member_tiny@v3" in out.stdout, out.stdout + out.stderr
+    assert not any(b"member_tiny@v3" in h for h in w.hashes().values())
