@@ -15,9 +15,12 @@ Version guard. The stored ``_v`` decides, per entity:
     every registered version, and the next pass picks up the newer snapshot record if it lacks one);
   * stored equal: only the chosen versions whose field is missing are scored and added (HSET adds the
     field, the CAS accepts an equal version);
-  * stored older or absent (a wiped Redis, or the job's Redis write of a version whose snapshot is already
-    on the topic has not happened yet): every registered version of the type is scored, because the write
-    claims the snapshot's version for the whole hash.
+  * stored older (the job deduped that version entirely, an irrelevant update leaves ``_v`` behind; or its
+    Redis write of a version whose snapshot is already on the topic is in flight): the chosen versions
+    are scored and compared with what is stored (the job's dedupe rule), so the other fields stay valid;
+  * absent (a wiped Redis): the chosen versions are scored (``--all``: every registered one);
+  * a partial hash and a complete snapshot of the same version: every registered version is rescored,
+    since the write clears ``_partial`` for the whole hash.
   The Lua CAS re-checks at write time, so a version the job writes between our read and our write is
   never overwritten (counted as skipped_newer).
 
@@ -232,8 +235,10 @@ class BackfillStage:
             if sv is not None and (sv > r.version or (sv == r.version and r.partial and not sp)):
                 c.skipped_newer += len(chosen)
                 continue
-            if sv is None or (sp and not r.partial):
-                need = registered  # no hash (a wiped Redis) or a partial one: the write claims the whole hash
+            if sv is None:
+                need = chosen  # no hash (a wiped Redis): --models writes only what was asked, --all rebuilds all
+            elif sp and not r.partial:
+                need = registered  # a complete snapshot over a partial hash: the write clears _partial for all
             elif sv < r.version:
                 # the job deduped this version entirely (an irrelevant update leaves _v behind) or its Redis
                 # write is in flight: the other versions are valid at r.version; score the chosen ones
