@@ -8,10 +8,11 @@
    wiped, then `nearline backfill --models ...` (the CLI, a subprocess, Beam FnApiRunner) writes every
    embedding; entities/s from its own summary (scan + score + Kafka + Redis, process start excluded) and
    the process's wall time and peak RSS.
-3. The CEILING, measured in the same run on the same rows and the same batches (the same partition
+3. Baselines, measured in the same run on the same rows and the same batches (the same partition
    chunks of --batch-size, split by entity type, as the backfill's stage makes them): onnxruntime alone
    (session.run on pre-built tensors, same thread count), and onnxruntime + build_inputs.
-   Ratio = backfill entities/s / ceiling entities/s (target >= 0.5).
+   Ratio = backfill entities/s / ceiling entities/s (target >= 0.5). Also the same stages (scan +
+   BackfillStage) in a plain Python loop without Beam: what the runner costs.
 4. --scale N: the same with 3 versions per type (`--all`) on an N-entity snapshot: wall time, peak RSS.
 
 Figures are noisy on a shared 2-core machine (other processes compete for the cores); say so when quoting.
@@ -122,6 +123,30 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
             "ort_entities_per_s": n_entities / t_ort, "ort_build_entities_per_s": n_entities / (t_ort + t_build)}
 
 
+def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int) -> dict:
+    """The same stages (scan, BackfillStage) in a plain Python loop in this process: what Beam costs."""
+    from nearline.backfill import BackfillCounts, BackfillStage
+    from nearline.scoring import ModelSet, RegistryWatcher
+    from nearline.store import RedisEmbeddingStore
+
+    cfg.models.registry = str(registry)
+    store = RedisEmbeddingStore(cfg.redis.url, cfg.redis.key_prefix)
+    prod = kafka_io.make_producer(cfg.kafka.bootstrap, cfg.kafka.producer_linger_ms)
+    stage = BackfillStage(cfg, store, prod, ModelSet(RegistryWatcher(Registry(registry), cfg.entity_types, 0),
+                                                     cfg.job.ort_threads), set(keys))
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None, max_partition_fetch_bytes=8 << 20)
+    codec, total = Codec(), BackfillCounts()
+    t0 = time.monotonic()
+    for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
+        entries, _ = scan_range(c, rng, codec)
+        for chunk, _ in batches_with_progress(sorted(entries.values(), key=lambda e: e.offset), batch_size, rng.size):
+            total.add(stage.run(decode_rows(chunk, rng.partition, codec)))
+    dt = time.monotonic() - t0
+    c.close()
+    prod.close()
+    return {"seconds": dt, "entities": total.entities, "written": total.written, "entities_per_s": total.entities / dt}
+
+
 def run_cli(conf: Path, models: list[str] | None, batch_size: int, log: Path, beam_args: list[str]) -> dict:
     args = ["--all"] if models is None else ["--models", *models]
     cmd = [sys.executable, "-m", "nearline.cli", "--config", str(conf), "backfill", *args, "--batch-size", str(batch_size),
@@ -177,13 +202,18 @@ def main():
             models = [f"{side}_pyramid@v{i}" for side in ("member", "job") for i in range(1, k + 1)]
             wipe(cfg.redis.url, cfg.redis.key_prefix)
             bf = run_cli(conf, models, args.batch_size, tmp / f"backfill-{k}.log", args.beam_args)
+            wipe(cfg.redis.url, cfg.redis.key_prefix)
+            loop = plain_loop(cfg, registry, models, args.batch_size)
+            assert loop["written"] == bf["written"], (loop, bf)
             ceil = ceiling(cfg, registry, models, args.batch_size, cfg.job.ort_threads)
-            results[f"models_{k}"] = {"backfill": bf, "ceiling": ceil,
+            results[f"models_{k}"] = {"backfill": bf, "ceiling": ceil, "plain_loop": loop,
+                                      "ratio_vs_plain_loop": bf["entities_per_s"] / loop["entities_per_s"],
                                       "ratio_vs_ort": bf["entities_per_s"] / ceil["ort_entities_per_s"],
                                       "ratio_vs_ort_build": bf["entities_per_s"] / ceil["ort_build_entities_per_s"]}
             print(f"{k} version(s)/type: backfill {bf['entities_per_s']:,.0f} entities/s (wall {bf['wall_s']:.1f}s, "
                   f"peak RSS {bf['peak_rss_mb']:.0f} MB, written {bf['written']}) | onnxruntime alone "
-                  f"{ceil['ort_entities_per_s']:,.0f}/s, with build_inputs {ceil['ort_build_entities_per_s']:,.0f}/s | "
+                  f"{ceil['ort_entities_per_s']:,.0f}/s, with build_inputs {ceil['ort_build_entities_per_s']:,.0f}/s, "
+                  f"same stages in a plain loop {loop['entities_per_s']:,.0f}/s | "
                   f"ratio {results[f'models_{k}']['ratio_vs_ort']:.2f} (vs ORT+build {results[f'models_{k}']['ratio_vs_ort_build']:.2f})",
                   flush=True)
         if args.scale:

@@ -381,29 +381,30 @@ class BackfillResult:
 
 
 def resolve_models(cfg, models: list[str] | None, all_models: bool):
-    """(loaded ModelSet, chosen keys). Unknown or broken versions are a BackfillError naming them."""
+    """(valid registered keys, chosen keys). Unknown or broken versions are a BackfillError naming them."""
     from nearline.registry import Registry
-    from nearline.scoring import ModelSet, RegistryWatcher
 
     if not all_models and not models:
         raise BackfillError("name the versions to backfill (--models NAME@VERSION ...) or use --all")
-    watcher = RegistryWatcher(Registry(cfg.path(cfg.models.registry)), cfg.entity_types, cfg.job.registry_poll_s)
-    ms = ModelSet(watcher, cfg.job.ort_threads)
-    if watcher.refused:
-        for entry, problems in watcher.refused.items():
-            log.warning("registered package %s is broken and not backfilled: %s", entry, "; ".join(problems))
-    registered = sorted(ms.models)
+    reg = Registry(cfg.path(cfg.models.registry))
+    try:
+        good, bad = reg.load(cfg.entity_types)
+    except Exception as exc:
+        raise BackfillError(f"registry {reg.path} unreadable: {exc}") from None
+    for entry, problems in bad.items():
+        log.warning("registered package %s is broken and not backfilled: %s", entry, "; ".join(problems))
+    registered = sorted(p.manifest.key for p in good)
     if all_models:
         chosen = registered
     else:
-        unknown = [m for m in models if m not in ms.models]
+        unknown = [m for m in models if m not in registered]
         if unknown:
             raise BackfillError(f"not registered (or broken): {', '.join(unknown)}; registered: {', '.join(registered) or 'none'} "
                                 f"(register with `nearline models register PATH`)")
         chosen = list(dict.fromkeys(models))
     if not chosen:
-        raise BackfillError(f"no valid model version is registered in {cfg.path(cfg.models.registry)}")
-    return ms, chosen
+        raise BackfillError(f"no valid model version is registered in {reg.path}")
+    return registered, chosen
 
 
 def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | None = None, all_models: bool = False,
@@ -412,8 +413,7 @@ def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | Non
     from nearline import kafka_io
     from nearline.store import RedisEmbeddingStore
 
-    ms, chosen = resolve_models(cfg, models, all_models)
-    del ms  # workers load their own; here it only validated the choice
+    _, chosen = resolve_models(cfg, models, all_models)  # workers load the sessions; this validates the choice
     topic = cfg.topics.feature_snapshot
     store = RedisEmbeddingStore(redis_url, cfg.redis.key_prefix)
     consumer = kafka_io.make_consumer(bootstrap, None)

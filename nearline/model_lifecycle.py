@@ -124,11 +124,15 @@ class BackfillLauncher:
             self.launch(keys)
 
     def after_batch(self, before: set[str], after: set[str]) -> None:
+        from nearline.backfill import done_key
+
         added = sorted(after - before)
         mine = []
         for k in added:
             try:
-                if claim(self.r, self.prefix, k, self.owner):
+                if self.r.hexists(done_key(self.prefix), k):
+                    log.info("%s is registered and was already backfilled (e.g. by `nearline models register`)", k)
+                elif claim(self.r, self.prefix, k, self.owner):
                     mine.append(k)
                 else:
                     log.info("%s is registered; its backfill is already running elsewhere (lease held)", k)
@@ -274,12 +278,15 @@ def retire(cfg, bootstrap: str, redis_url: str, model_key: str, grace_s: float |
             etype = m.get("entity_type")
     if etype is None:
         raise BackfillError(f"{model_key} is not registered in {reg_path}")
+    r = redis.Redis.from_url(redis_url)
+    holder = r.get(lease_key(cfg.redis.key_prefix, model_key))
+    if holder is not None:
+        raise BackfillError(f"a backfill of {model_key} is running ({holder.decode()}); let it finish or stop it, then retire")
     entry = remove_registry_line(reg_path, model_key, cfg.entity_types)
     if entry is None or model_key in _registered_keys(reg):
         raise BackfillError(f"could not remove the line of {model_key} from {reg_path}; edit it by hand")
     # a running job re-reads the registry every registry_poll_s; a batch scored just before may still write
     time.sleep(2 * cfg.job.registry_poll_s + 5 if grace_s is None else grace_s)
-    r = redis.Redis.from_url(redis_url)
     removed = remove_fields(r, cfg.redis.key_prefix, etype, model_key)
     for k in (done_key(cfg.redis.key_prefix), requests_key(cfg.redis.key_prefix)):
         r.hdel(k, model_key)

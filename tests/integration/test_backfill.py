@@ -332,6 +332,14 @@ def test_retire_removes_the_version_everywhere(world, tmp_path):
     assert any(new in c["vectors"] for c in client.cache.values())
     n_with = sum(new.encode() in h for h in w.hashes().values())
     assert n_with > 40
+    from nearline.backfill import BackfillError
+    from nearline.model_lifecycle import lease_key
+
+    w.store.r.set(lease_key(w.cfg.redis.key_prefix, new), "backfill-elsewhere", ex=30)
+    with pytest.raises(BackfillError, match="is running"):
+        retire(w.cfg, w.cfg.kafka.bootstrap, w.cfg.redis.url, new, grace_s=0)
+    w.store.r.delete(lease_key(w.cfg.redis.key_prefix, new))
+    assert new in {p.manifest.key for p in Registry(w.registry).load()[0]}
     res = retire(w.cfg, w.cfg.kafka.bootstrap, w.cfg.redis.url, new, grace_s=0)
     assert res["fields_removed"] == n_with and res["notices"] == w.cfg.topics.partitions
     assert not any(new.encode() in h for h in w.hashes().values())
@@ -383,3 +391,31 @@ def test_models_register_cli_appends_the_line_and_backfills(world, tmp_path):
     out = subprocess.run(cli + ["retire", "member_tiny@v3", "--grace", "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "retired member_tiny@v3" in out.stdout, out.stdout + out.stderr
     assert not any(b"member_tiny@v3" in h for h in w.hashes().values())
+
+
+def test_job_relaunches_an_unfinished_backfill_at_start(world, tmp_path):
+    """The job (its BackfillLauncher) finds a request that never completed (the backfill died, no lease)
+    and launches it again; it runs to completion in a child process."""
+    from nearline.model_lifecycle import BackfillLauncher, claim, lease_key
+
+    w = world
+    w.populate(150, 10, seed=7)
+    new = register(w, "member_tiny", "v2", "member", seed=9)
+    assert claim(w.store.r, w.cfg.redis.key_prefix, new, "job-that-died")
+    w.store.r.delete(lease_key(w.cfg.redis.key_prefix, new))  # its lease expired
+    w.cfg.services.state_dir = str(tmp_path / "state")
+    launcher = BackfillLauncher(w.cfg, w.cfg.kafka.bootstrap, w.cfg.redis.url)
+    launcher.resume({new, "member_tiny@v1"})
+    assert [k for k, _, _ in launcher.children] == [[new]]
+    _, child, logfile = launcher.children[0]
+    assert child.wait(timeout=300) == 0, logfile.read_text()[-3000:]
+    launcher.poll()
+    assert not launcher.children
+    assert w.store.r.hget(done_key(w.cfg.redis.key_prefix), new) is not None
+    assert w.store.r.hget(requests_key(w.cfg.redis.key_prefix), new) is None
+    for k, vec in w.expected(new).items():
+        assert np.array_equal(np.frombuffer(w.store.get(*k.split(":", 1))[new], "<f4"), vec), k
+    # a second start finds nothing to resume, and a version already backfilled is not launched again
+    launcher.resume({new})
+    launcher.after_batch(set(), {new})
+    assert not launcher.children

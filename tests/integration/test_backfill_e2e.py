@@ -2,6 +2,7 @@
 stream reaches every live entity through the job-launched backfill; then Redis is wiped and
 `nearline backfill --all` rebuilds it bitwise."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -34,7 +35,7 @@ def test_registered_version_reaches_every_live_entity_then_rebuild(tmp_path, kaf
         h.stream(1200, rate=600)
         h.wait_caught_up()
         # register while updates stream: the job scores them with v2 and launches the backfill
-        t = threading.Thread(target=h.stream, args=(900, 150))
+        t = threading.Thread(target=h.stream, args=(400, 100))
         t.start()
         time.sleep(1.0)
         pkg = make_package(pk, "member_tiny", "v2", "member", seed=3)
@@ -49,6 +50,8 @@ def test_registered_version_reaches_every_live_entity_then_rebuild(tmp_path, kaf
             assert time.monotonic() < deadline, h.job_log()[-3000:]
             time.sleep(0.5)
         h.wait_log(f"backfill of ['{new}'] finished (exit 0)", timeout=30)
+        done = json.loads(r.hget(done_key(cfg.redis.key_prefix), new))
+        assert done["written"] > 50 and done["failed"] == 0, done  # entities not updated since registration
         assert h.procs["job"].poll() is None
     finally:
         h.stop_all()

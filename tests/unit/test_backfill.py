@@ -97,3 +97,12 @@ def test_child_config_keeps_the_jobs_settings_and_endpoints(tmp_path):
     back = load_config(path, env={})
     assert back.topics.feature_snapshot == "snap-x" and back.job.registry_poll_s == 0.5
     assert (back.kafka.bootstrap, back.redis.url) == ("broker:1", "redis://r:2/0")
+
+
+def test_backfill_pipeline_is_batch_on_the_jobs_runner():
+    from beam_jobs.backfill_job import pipeline_options
+
+    cfg = Config()
+    opts = pipeline_options(cfg, ["--streaming", "--direct_num_workers=2"]).get_all_options()
+    assert opts["runner"] == "FnApiRunner" and not opts["streaming"] and opts["direct_num_workers"] == 2
+    assert pipeline_options(cfg, ["--runner=FlinkRunner"]).get_all_options()["runner"] == "FlinkRunner"
