@@ -44,7 +44,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from nearline.codec import Codec
+from nearline.codec import Codec, CodecError
 from nearline.deadletter import encode_dead_letter
 from nearline.dedupe import decide
 from nearline.lifecycle import retry_until_done
@@ -81,6 +81,7 @@ class SnapshotRow:
     partition: int = -1
     offset: int = -1
     raw: bytes | None = None
+    error: str | None = None  # the record could not be decoded: dead-lettered, never scored
 
     @property
     def deleted(self) -> bool:
@@ -160,7 +161,12 @@ def decode_rows(entries: list[SnapshotEntry], partition: int, codec: Codec) -> l
         if e.value is None:
             rows.append(SnapshotRow(e.key, etype, eid, e.version, False, [], {}, partition, e.offset, None))
             continue
-        rec = codec.decode(e.value, expect=SCHEMA)
+        try:
+            rec = codec.decode(e.value, expect=SCHEMA)
+        except CodecError as exc:
+            rows.append(SnapshotRow(e.key, etype, eid, e.version, False, [], {}, partition, e.offset, e.value,
+                                    error=f"snapshot record of {e.key} undecodable: {exc}"))
+            continue
         rows.append(SnapshotRow(e.key, rec["entity_type"], rec["entity_id"], rec["version"], rec["partial"],
                                 rec["missing"], rec["features"], partition, e.offset, e.value))
     return rows
@@ -216,13 +222,15 @@ class BackfillStage:
 
     def run(self, rows: list[SnapshotRow]) -> BackfillCounts:
         c = BackfillCounts(entities=len(rows))
-        rows = [r for r in rows if r.entity_type in self.by_type or r.deleted]
-        if not rows:
+        dead = [(r, r.error) for r in rows if r.error]
+        c.failed += len(dead)
+        rows = [r for r in rows if not r.error and (r.entity_type in self.by_type or r.deleted)]
+        if not rows and not dead:
             return c
         reads = self.store.read([(r.entity_type, r.entity_id) for r in rows],
                                 [self.by_type.get(r.entity_type, []) for r in rows])
         groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
-        deletes, dead = [], []
+        deletes = []
         for i, (r, (sv, sp, sf)) in enumerate(zip(rows, reads)):
             if r.deleted:
                 if sv is None or sv < r.version:

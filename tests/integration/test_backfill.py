@@ -169,10 +169,15 @@ def test_rebuild_after_wipe_restores_every_embedding_bitwise(world):
     live = w.live()
     assert len(live) > 200 and any(p for _, _, p in live.values())
     w.wipe()
+    # bad input in the snapshot: dead-lettered with the reason, the rest proceeds
+    w.producer.send(w.cfg.topics.feature_snapshot, key=b"member:garbage", value=b"\x00not avro",
+                    headers=[("version", b"3")]).get(timeout=30)
     res = run_backfill(w.cfg, w.cfg.kafka.bootstrap, w.cfg.redis.url, all_models=True, progress=True, batch_size=64)
     after = w.hashes()
     c = res.counts
-    assert c.failed == 0 and c.skipped_newer == 0
+    assert c.failed == 1 and c.skipped_newer == 0
+    dls = [d for d in _reader(w).topic_records(w.cfg.topics.dead_letter) if d["stage"] == "nearline.backfill"]
+    assert len(dls) == 1 and dls[0]["original"] == b"\x00not avro" and "member:garbage undecodable" in dls[0]["error"]
     n_live_emb = 0
     for key, h in before.items():
         etype_id = key.split(":", 1)[1]

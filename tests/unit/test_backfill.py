@@ -50,6 +50,8 @@ def test_newest_version_per_key_wins_tombstones_included():
     assert [(r.key, r.version, r.deleted) for r in rows] == [("member:a", 3, False), ("member:b", 5, True),
                                                              ("member:c", 1, False)]
     assert rows[0].features == FEATS
+    bad = decode_rows(latest_per_key([Rec(b"member:z", b"\x00junk", [("version", b"4")], 9)])[0].values(), 2, codec)
+    assert bad[0].error and "member:z undecodable" in bad[0].error and (bad[0].partition, bad[0].offset) == (2, 9)
 
 
 @pytest.mark.parametrize("n,size,span", [(10, 3, 25), (0, 4, 7), (5, 10, 5), (1000, 64, 1000)])
