@@ -423,6 +423,8 @@ def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | Non
 
     _, chosen = resolve_models(cfg, models, all_models)  # workers load the sessions; this validates the choice
     topic = cfg.topics.feature_snapshot
+    if not topic:
+        raise BackfillError("topics.feature_snapshot is empty in the config: the job writes no feature snapshot to backfill from")
     store = RedisEmbeddingStore(redis_url, cfg.redis.key_prefix)
     consumer = kafka_io.make_consumer(bootstrap, None)
     keeper = None

@@ -207,7 +207,8 @@ class PublishStage:
             if d.stale:
                 n_stale += len(emb)
                 continue
-            snapshots.append(snapshot_send(snap_topic, j, self.codec, now_ms))
+            if snap_topic:
+                snapshots.append(snapshot_send(snap_topic, j, self.codec, now_ms))
             n_dedup += d.unchanged
             if not d.changed:
                 continue
@@ -232,7 +233,8 @@ class PublishStage:
                 continue
             cur[0], cur[1], cur[2] = dl.version, False, {}
             deletes.append((dl.entity_type, dl.entity_id, dl.version))
-            snapshots.append(tombstone_send(snap_topic, dl.key, dl.version))
+            if snap_topic:
+                snapshots.append(tombstone_send(snap_topic, dl.key, dl.version))
             rec = {"entity_type": dl.entity_type, "entity_id": dl.entity_id, "version": dl.version,
                    "deleted": True, "partial": False, "embeddings": []}
             sends.append((self.cfg.topics.embeddings, dl.key.encode(), self.codec.encode("EntityEmbeddings", rec)))

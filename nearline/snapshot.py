@@ -91,6 +91,8 @@ def ensure_snapshot_topic(bootstrap: str, cfg) -> None:
     from nearline import kafka_io
 
     topic = cfg.topics.feature_snapshot
+    if not topic:
+        return  # snapshot disabled
     created = kafka_io.ensure_topics(bootstrap, [topic], cfg.topics.partitions, cfg.topics.replication_factor,
                                      topic_configs=TOPIC_CONFIGS)
     if created:
