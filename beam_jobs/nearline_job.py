@@ -103,9 +103,8 @@ class PublishEmbeddingsFn(beam.DoFn):
     def setup(self):
         from nearline import kafka_io
         from nearline.pipeline import PublishStage
-        from nearline.store import RedisEmbeddingStore
-
         from nearline.snapshot import ensure_snapshot_topic
+        from nearline.store import RedisEmbeddingStore
 
         ensure_snapshot_topic(self.bootstrap, self.cfg)  # log-compacted; auto-creation would not compact it
         self.producer = kafka_io.make_producer(self.bootstrap, self.cfg.kafka.producer_linger_ms)

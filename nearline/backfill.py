@@ -76,8 +76,8 @@ class SnapshotRow:
     entity_id: str
     version: int
     partial: bool
-    missing: list[str]
-    features: dict[str, dict]
+    missing: list[str] | None     # None with features: not decoded yet (BackfillStage decodes what it scores)
+    features: dict[str, dict] | None
     partition: int = -1
     offset: int = -1
     raw: bytes | None = None
@@ -161,6 +161,9 @@ def decode_rows(entries: list[SnapshotEntry], partition: int, codec: Codec) -> l
         if e.value is None:
             rows.append(SnapshotRow(e.key, etype, eid, e.version, False, [], {}, partition, e.offset, None))
             continue
+        if e.partial is not None:  # decided on headers; decoded only if something is scored
+            rows.append(SnapshotRow(e.key, etype, eid, e.version, e.partial, None, None, partition, e.offset, e.value))
+            continue
         try:
             rec = codec.decode(e.value, expect=SCHEMA)
         except CodecError as exc:
@@ -220,6 +223,15 @@ class BackfillStage:
                        f"its next update scores {key}"
         return None
 
+    def _decode(self, r: SnapshotRow) -> bool:
+        try:
+            rec = self.codec.decode(r.raw, expect=SCHEMA)
+        except CodecError as exc:
+            r.error = f"snapshot record of {r.key} undecodable: {exc}"
+            return False
+        r.features, r.missing = rec["features"], rec["missing"]
+        return True
+
     def run(self, rows: list[SnapshotRow]) -> BackfillCounts:
         c = BackfillCounts(entities=len(rows))
         dead = [(r, r.error) for r in rows if r.error]
@@ -254,6 +266,10 @@ class BackfillStage:
             else:
                 need = [k for k in chosen if self.rescore or sf.get(k) is None]
                 c.deduped += len(chosen) - len(need)
+            if need and r.features is None and not self._decode(r):
+                dead.append((r, r.error))
+                c.failed += len(need)
+                continue
             ok = []
             for k in need:
                 why = self._lacks_standardizer(k, r)

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "FeatureSnapshot"
 VERSION_HEADER = "version"
+PARTIAL_HEADER = "partial"  # "1"/"0": lets a backfill decide what to score before decoding the features
 TOPIC_CONFIGS = {"cleanup.policy": "compact"}
 
 
@@ -35,7 +36,8 @@ def snapshot_send(topic: str, joined, codec: Codec, now_ms: int | None = None) -
            "features": {name: {"ids": list(f.get("ids") or []), "weights": f.get("weights")}
                         for name, f in joined.features.items()},
            "written_at": int(time.time() * 1000) if now_ms is None else now_ms}
-    return (topic, joined.key.encode(), codec.encode(SCHEMA, rec), [(VERSION_HEADER, str(joined.version).encode())])
+    return (topic, joined.key.encode(), codec.encode(SCHEMA, rec),
+            [(VERSION_HEADER, str(joined.version).encode()), (PARTIAL_HEADER, b"1" if joined.partial else b"0")])
 
 
 def tombstone_send(topic: str, key: str, version: int) -> tuple:
@@ -50,6 +52,13 @@ def header_version(headers) -> int | None:
     return None
 
 
+def header_partial(headers) -> bool | None:
+    for k, v in headers or ():
+        if k == PARTIAL_HEADER and v is not None:
+            return v == b"1"
+    return None
+
+
 @dataclass
 class SnapshotEntry:
     """The newest snapshot record of one entity seen by a scan (value None: deleted)."""
@@ -58,6 +67,7 @@ class SnapshotEntry:
     version: int
     offset: int
     value: bytes | None
+    partial: bool | None = None  # from the header; None: unknown until decoded
 
     @property
     def deleted(self) -> bool:
@@ -81,7 +91,7 @@ def latest_per_key(records, codec: Codec | None = None) -> tuple[dict[str, Snaps
         key = r.key.decode()
         cur = out.get(key)
         if cur is None or v >= cur.version:
-            out[key] = SnapshotEntry(key, v, r.offset, r.value)
+            out[key] = SnapshotEntry(key, v, r.offset, r.value, header_partial(r.headers))
     return out, n
 
 

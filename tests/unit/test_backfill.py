@@ -50,6 +50,8 @@ def test_newest_version_per_key_wins_tombstones_included():
     assert [(r.key, r.version, r.deleted) for r in rows] == [("member:a", 3, False), ("member:b", 5, True),
                                                              ("member:c", 1, False)]
     assert rows[0].features == FEATS
+    lazy = decode_rows(latest_per_key([Rec(b"member:d", v[1], snapshot_send("s", joined("d", 1, FEATS), codec)[3], 7)])[0].values(), 1, codec)
+    assert lazy[0].features is None and lazy[0].partial is False and lazy[0].raw == v[1]  # decoded only if scored
     bad = decode_rows(latest_per_key([Rec(b"member:z", b"\x00junk", [("version", b"4")], 9)])[0].values(), 2, codec)
     assert bad[0].error and "member:z undecodable" in bad[0].error and (bad[0].partition, bad[0].offset) == (2, 9)
 
