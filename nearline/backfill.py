@@ -30,7 +30,9 @@ computed from the same features by the same model), so a rerun after a crash red
 Convergence. A pass scans the snapshot up to its end offsets at the start of the pass. While the job runs,
 a batch it scored before it loaded a new version can land after those offsets (Redis then holds a newer
 version without the field: skipped above). So passes repeat over the records appended meanwhile until a
-pass writes nothing (bounded by ``max_passes``).
+pass writes nothing (bounded by ``max_passes``). Catch-up passes rescore what they read: the job may have
+rewritten an entity the first pass had completed, keeping a field it does not score yet from the older
+version; rescoring finds the difference (or dedupes it bitwise when the job did score the version).
 """
 
 from __future__ import annotations
@@ -433,7 +435,9 @@ def resolve_models(cfg, models: list[str] | None, all_models: bool):
 
 def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | None = None, all_models: bool = False,
                  dry_run: bool = False, rescore: bool = False, batch_size: int = 1024, max_passes: int = 5,
-                 beam_args: list[str] | None = None, progress: bool = True, run_id: str | None = None) -> BackfillResult:
+                 beam_args: list[str] | None = None, progress: bool = True, run_id: str | None = None,
+                 after_pass=None) -> BackfillResult:
+    """``after_pass(n)``: called after pass n (tests use it to let the job write meanwhile)."""
     from nearline import kafka_io
     from nearline.store import RedisEmbeddingStore
 
@@ -473,11 +477,15 @@ def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | Non
             passes += 1
             all_ranges += [[r.partition, r.start, r.end] for r in ranges]
             before = prog.read()
-            _run_pass(cfg, bootstrap, redis_url, ranges, chosen, prog, dry_run=dry_run, rescore=rescore,
+            # catch-up passes rescore: an entity the job rewrote meanwhile may hold the field from an older
+            # version (a job that had not loaded the version yet keeps fields it does not write)
+            _run_pass(cfg, bootstrap, redis_url, ranges, chosen, prog, dry_run=dry_run, rescore=rescore or passes > 1,
                       batch_size=batch_size, beam_args=beam_args, progress=progress, label=f"pass {passes}")
             after = prog.read()
             for r in ranges:
                 since[r.partition] = r.end
+            if after_pass is not None:
+                after_pass(passes)
             log.info("backfill pass %d: %s", passes, {k: v - getattr(before, k) for k, v in after.as_dict().items()})
             if dry_run or after.written == before.written:
                 break  # converged: the records appended during this pass needed nothing

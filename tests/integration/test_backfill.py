@@ -424,3 +424,39 @@ def test_job_relaunches_an_unfinished_backfill_at_start(world, tmp_path):
     launcher.resume({new})
     launcher.after_batch(set(), {new})
     assert not launcher.children
+
+
+def test_catch_up_pass_covers_what_a_job_without_the_version_wrote_meanwhile(world):
+    """During pass 1 a job that has not loaded the new version yet writes newer versions of some members
+    (Redis then holds a newer version without the field, so pass 1's write is refused or skipped). Pass 2
+    reads what was appended meanwhile and adds the field at the newer version."""
+    w = world
+    w.populate(120, 10, seed=8)
+    old_registry = w.registry.read_text()
+    new = register(w, "member_tiny", "v2", "member", seed=9)
+    stale_reg = w.root / "registry-before.yaml"
+    stale_reg.write_text(old_registry)
+    old_job = ScoreStage(ModelSet(RegistryWatcher(Registry(stale_reg), w.cfg.entity_types, 1e9)))
+    members = [k.split(":", 1)[1] for k in w.live() if k.startswith("member:")][:6]
+    rng = np.random.default_rng(3)
+
+    def job_writes_without_the_new_version(n):
+        if n == 1:
+            wb = WorkBatch(0)
+            for eid in members:
+                feats = random_features(rng, False)
+                wb.joined.append(Joined(f"member:{eid}", "member", eid, 5000, feats, False, [], [], 0.0))
+                w.final[f"member:{eid}"] = (5000, feats, False)
+            w.publish.run(old_job.run(wb))
+            # the job wrote v5000 without the new version: the field pass 1 wrote is from the older features
+            assert all(int(w.store.get("member", eid)["_v"]) == 5000 for eid in members)
+
+    res = run_backfill(w.cfg, w.cfg.kafka.bootstrap, w.cfg.redis.url, models=[new], progress=False,
+                       after_pass=job_writes_without_the_new_version)
+    assert res.passes == 2 and res.counts.failed == 0
+    expected = w.expected(new)
+    for key, vec in expected.items():
+        h = w.store.get(*key.split(":", 1))
+        assert np.array_equal(np.frombuffer(h[new], "<f4"), vec), key
+    for eid in members:
+        assert w.store.get("member", eid)["_v"] == b"5000"
