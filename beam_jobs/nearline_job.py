@@ -73,17 +73,27 @@ class StandardizationJoinFn(beam.DoFn):
 
 
 class ScoreEmbeddingsFn(beam.DoFn):
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, bootstrap: str | None = None, redis_url: str | None = None):
+        self.cfg, self.bootstrap, self.redis_url = cfg, bootstrap, redis_url
 
     def setup(self):
         from nearline.pipeline import ScoreStage
         from nearline.scoring import ModelSet
 
         self.stage = ScoreStage(ModelSet(_registry(self.cfg), self.cfg.job.ort_threads))
+        self.backfills = None  # a newly registered version is backfilled (nearline/model_lifecycle.py)
+        if self.cfg.job.backfill_on_register and self.redis_url:
+            from nearline.model_lifecycle import BackfillLauncher
+
+            self.backfills = BackfillLauncher(self.cfg, self.bootstrap, self.redis_url)
+            self.backfills.resume(set(self.stage.models.models))
 
     def process(self, wb):
-        yield self.stage.run(wb)
+        before = set(self.stage.models.models)
+        out = self.stage.run(wb)
+        if self.backfills is not None:
+            self.backfills.after_batch(before, set(self.stage.models.models))
+        yield out
 
 
 class PublishEmbeddingsFn(beam.DoFn):
@@ -93,9 +103,11 @@ class PublishEmbeddingsFn(beam.DoFn):
     def setup(self):
         from nearline import kafka_io
         from nearline.pipeline import PublishStage
+        from nearline.snapshot import ensure_snapshot_topic
         from nearline.store import RedisEmbeddingStore
 
         kafka_io.configure_security(self.cfg.kafka)  # this DoFn may run in another process (Flink workers)
+        ensure_snapshot_topic(self.bootstrap, self.cfg)  # log-compacted; auto-creation would not compact it
         self.producer = kafka_io.make_producer(self.bootstrap, self.cfg.kafka.producer_linger_ms)
         self.stage = PublishStage(self.cfg, RedisEmbeddingStore(self.redis_url, self.cfg.redis.key_prefix), self.producer)
 
@@ -143,7 +155,7 @@ def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None
                        drain_budget_ms=cfg.job.drain_budget_ms, security=kafka_io.security_settings(cfg.kafka))))
     batches = (records
                | "StandardizationJoin" >> beam.ParDo(StandardizationJoinFn(cfg))
-               | "ScoreEmbeddings" >> beam.ParDo(ScoreEmbeddingsFn(cfg))
+               | "ScoreEmbeddings" >> beam.ParDo(ScoreEmbeddingsFn(cfg, bootstrap, redis_url))
                | "PublishEmbeddings" >> beam.ParDo(PublishEmbeddingsFn(cfg, bootstrap, redis_url)))
     if cfg.job.io == "kafka-python":
         batches | "CommitOffsets" >> beam.ParDo(CommitOffsetsFn(cfg, bootstrap))

@@ -1,6 +1,6 @@
 """Regenerates docs/results.md and docs/plots/: single-task vs multitask, joint vs iterative.
 
-    python -m models.results [--quick]
+    python -m nearline.models.results [--quick]
 
 On the synthetic marketplace (view, apply, InMail accept; with the true-affinity ceiling AUC) and on
 MovieLens-100k (rated, liked; time split). Every run uses the same framework code; single-task runs are
@@ -167,7 +167,7 @@ def main():
     summary = json.loads((data / "summary.json").read_text())
     md = [
         "# Results", "",
-        "Regenerate with `python -m models.results` (about 15-25 minutes on 2 cores; `--quick` for a smoke run).",
+        "Regenerate with `python -m nearline.models.results` (about 15-25 minutes on 2 cores; `--quick` for a smoke run).",
         "Numbers are validation AUC at the best epoch (early stopping on mean AUC); every run uses the same",
         "framework code; a single-task run is the multitask config restricted to that task.", "",
         "## Synthetic job marketplace", "",

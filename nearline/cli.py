@@ -118,6 +118,10 @@ def cmd_models(args) -> int:
     from nearline.registry import Registry, check_package
 
     cfg = _cfg(args)
+    if args.action in ("register", "retire"):  # backfill block: nearline/model_lifecycle.py
+        from nearline.model_lifecycle import cli_register, cli_retire
+
+        return (cli_register if args.action == "register" else cli_retire)(cfg, args)
     reg = Registry(cfg.path(cfg.models.registry))
     entries = reg.entries()
     if args.action == "list":
@@ -293,6 +297,26 @@ def cmd_get(args) -> int:
     return 0
 
 
+# ---- backfill / rebuild (nearline/backfill.py) ---------------------------------------------------
+def cmd_backfill(args) -> int:
+    from nearline.backfill import BackfillError, run_backfill
+    from nearline.services import resolve_endpoints
+
+    cfg = _cfg(args)
+    bootstrap, redis_url = resolve_endpoints(cfg)
+    try:
+        res = run_backfill(cfg, bootstrap, redis_url, models=args.models, all_models=args.all, dry_run=args.dry_run,
+                           rescore=args.rescore, batch_size=args.batch_size, max_passes=args.max_passes,
+                           beam_args=args.beam_args, progress=not args.no_progress)
+    except BackfillError as exc:
+        print(f"nearline backfill: {exc}", file=sys.stderr)
+        return 2
+    print(res.summary_line())
+    if args.json:
+        print(json.dumps({"models": res.models, "passes": res.passes, "seconds": round(res.seconds, 3), **res.counts.as_dict()}))
+    return 1 if res.counts.failed else 0
+
+
 def cmd_demo(args) -> int:
     if args.dcs and args.dcs > 1:
         from nearline.demo_multidc import run_multidc_demo
@@ -379,9 +403,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--compact", action="store_true")
     s.set_defaults(func=cmd_get)
 
-    s = sub.add_parser("models", help="list registered model versions or check every package")
-    s.add_argument("action", choices=["list", "check"])
+    s = sub.add_parser("models", help="list registered model versions, check every package, register or retire one")
+    s.add_argument("action", choices=["list", "check", "register", "retire"])
+    s.add_argument("target", nargs="?", help="register: package folder; retire: NAME@VERSION")
+    s.add_argument("--no-backfill", action="store_true", help="register: only append the registry line")
+    s.add_argument("--grace", type=float, default=None,
+                   help="retire: seconds to wait for the job to stop scoring it before removing its fields "
+                        "(default: 2 x job.registry_poll_s + 5)")
     s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("backfill", help="score registered versions on every live entity of the feature snapshot "
+                                        "(Beam batch); --all rebuilds Redis")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--models", nargs="+", metavar="NAME@VERSION", help="versions to backfill")
+    g.add_argument("--all", action="store_true", help="every registered version (rebuild after a Redis wipe)")
+    s.add_argument("--dry-run", action="store_true", help="scan and count what would be written; write nothing")
+    s.add_argument("--rescore", action="store_true", help="also rescore embeddings already present (bitwise dedupe)")
+    s.add_argument("--batch-size", type=int, default=1024, help="entities per ORT call")
+    s.add_argument("--max-passes", type=int, default=5, help="catch-up passes over records the job appends meanwhile")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    s.add_argument("beam_args", nargs="*", help="Beam pipeline options after --, e.g. -- --runner=FlinkRunner")
+    s.set_defaults(func=cmd_backfill)
+
     for sp in sub.choices.values():  # the global options also after the subcommand: `nearline get ... -v`
         sp.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as `nearline -v`")
         sp.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS, help="as `nearline --log-format`")

@@ -65,6 +65,16 @@ class EmbeddingCache:
                 vecs[f"{e['model']}@{e['model_version']}"] = decode_vector(e["vector"])
             self.entries[k] = {"version": rec["version"], "vectors": vecs, "deleted": False, "partition": partition}
 
+    def retire(self, rec: dict) -> int:
+        """Drop a retired model version (a ModelRetired notice, `nearline models retire`) from every cached
+        entity of its type; returns how many entities held it."""
+        key, n = f"{rec['model']}@{rec['model_version']}", 0
+        with self._lock:
+            for (etype, _), c in self.entries.items():
+                if etype == rec["entity_type"] and c["vectors"].pop(key, None) is not None:
+                    n += 1
+        return n
+
     def vectors(self, entity_type: str, entity_id: str) -> dict[str, np.ndarray]:
         with self._lock:
             c = self.entries.get((entity_type, entity_id))
@@ -84,6 +94,10 @@ class EmbeddingCache:
     def __getitem__(self, key) -> dict:
         with self._lock:
             return self.entries[key]
+
+    def values(self) -> list[dict]:
+        with self._lock:
+            return list(self.entries.values())
 
     def __len__(self) -> int:
         with self._lock:
@@ -206,7 +220,13 @@ class Subscriber(threading.Thread):
 
     def _apply(self, m) -> None:
         try:
-            rec = self.codec.decode(m.value, expect="EntityEmbeddings")
+            rec = self.codec.decode(m.value)
+            if "retired_at" in rec:  # a ModelRetired control notice (nearline models retire)
+                self.cache.retire(rec)
+                self.stats["applied"] += 1
+                return
+            if "embeddings" not in rec:
+                raise CodecError(f"not an EntityEmbeddings record (fields {sorted(rec)[:6]})")
         except CodecError as exc:
             self.stats["poison"] += 1
             log.warning("embedding subscriber: skipped %s[%d]@%d: %s (%d skipped so far)",
@@ -325,6 +345,10 @@ class EmbeddingClient:
     def apply(self, rec: dict) -> None:
         """Fold one EntityEmbeddings record into the cache (keeps the highest version)."""
         self.cache.apply(rec)
+
+    def retire(self, rec: dict) -> int:
+        """Fold one ModelRetired notice into the cache: the retired version's vectors are dropped."""
+        return self.cache.retire(rec)
 
     def subscribe(self, group: str | None = None, from_beginning: bool = True, mode: str = "broadcast") -> None:
         """Start the background consumer that keeps the cache fresh (see the module doc for the modes).

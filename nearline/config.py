@@ -38,6 +38,11 @@ class TopicsConfig:
     """Output topic of EntityEmbeddings, keyed '<type>:<id>'."""
     dead_letter: str = "dead-letter"
     """DeadLetter records from every stage."""
+    feature_snapshot: str = "feature-snapshot"
+    """Log-compacted FeatureSnapshot topic, keyed '<type>:<id>': each live entity's latest joined features
+    (what the towers read), written by the job before it commits; `nearline backfill` scans it. Created
+    with cleanup.policy=compact (nearline/snapshot.py); deletes are null tombstones. Empty: no snapshot
+    (saves ~100 us of Avro encoding and producing per joined entity; `nearline backfill` then has nothing to read)."""
     partitions: int = 4
     """Partitions of every topic. All input topics MUST have the same count and keying: the job joins
     partition p of every input topic together (co-partitioning, as in Kafka Streams)."""
@@ -176,6 +181,10 @@ class JobConfig:
     """onnxruntime intra-op threads per session (one beats two on small machines)."""
     registry_poll_s: float = 2.0
     """How often the job re-reads models/registry.yaml for newly registered versions."""
+    backfill_on_register: bool = True
+    """When the job starts scoring a newly registered version, it launches `nearline backfill --models
+    <version>` (a child process, log in <state_dir>/backfill/) so every live entity gets it, not only the
+    ones updated afterwards; unfinished backfills are relaunched at start-up (nearline/model_lifecycle.py)."""
     metrics_port: int = 9464
     """HTTP port of /metrics (Prometheus), /healthz and /readyz; 0 disables it."""
     metrics_bind: str = "127.0.0.1"

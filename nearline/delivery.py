@@ -31,9 +31,10 @@ def send_acknowledged(producer, records: list[tuple[str, bytes | None, bytes]], 
         futures: dict[int, object] = {}
         failed: list[tuple[int, BaseException]] = []
         for i in todo:
-            t, k, v = records[i]
+            t, k, v = records[i][:3]
+            headers = records[i][3] if len(records[i]) > 3 else None  # (topic, key, value[, headers])
             try:
-                futures[i] = producer.send(t, key=k, value=v)
+                futures[i] = producer.send(t, key=k, value=v, headers=headers)
             except Exception as exc:  # the producer validates size and types synchronously
                 failed.append((i, exc))
         if futures:

@@ -53,8 +53,10 @@ __all__ = ["TopicPartition", "ConsumerRebalanceListener", "ensure_topics", "make
 
 
 def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, replication: int = 1,
-                  timeout_s: float = 20.0) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created."""
+                  timeout_s: float = 20.0, topic_configs: dict[str, str] | None = None) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created. ``topic_configs`` (e.g.
+    {"cleanup.policy": "compact"}) applies to the topics this call creates."""
+    topics = list(topics)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -71,7 +73,8 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int, replic
         missing = [t for t in topics if t not in existing]
         if missing:
             try:
-                admin.create_topics([NewTopic(t, partitions, replication) for t in missing])
+                admin.create_topics([NewTopic(t, partitions, replication, topic_configs=dict(topic_configs or {}))
+                                     for t in missing])
             except TopicAlreadyExistsError:
                 pass
         # metadata can lag the create; wait until every topic is visible

@@ -52,6 +52,7 @@ COUNTERS = {
     "embeddings_written": "embeddings written to Redis and published",
     "embeddings_stale": "embeddings of an older update version than the stored one (not written)",
     "messages_published": "EntityEmbeddings messages published (incl. tombstones)",
+    "snapshots_written": "FeatureSnapshot records (and tombstones) written to the feature snapshot topic",
     "dead_letters": "records sent to the dead-letter topic",
     "offsets_committed": "offset commits",
     "redis_retries": "Redis operations retried",

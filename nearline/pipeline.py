@@ -34,6 +34,7 @@ from nearline.offsets import OffsetTracker
 from nearline.store import DataLossDetector
 from nearline.validate import (Limits, Rejected, check_features, check_identity, check_key, check_size, check_update,
                                reason_of)
+from nearline.snapshot import snapshot_send, tombstone_send
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,9 @@ class PublishStage:
         upserts, deletes, sends, latencies = [], [], [], []
         owners: list[tuple[str, int]] = []  # per send: ("up"|"del", index in upserts/deletes)
         n_dedup = n_written = n_stale = n_unknown_deletes = 0
+        # the feature snapshot (nearline/snapshot.py): every non-stale version's features, deduped or not,
+        # so a backfill scores exactly the version Redis holds; sent with the batch, before the commit
+        snap_topic, snapshots = self.cfg.topics.feature_snapshot, []
         for j, emb in zip(wb.joined, wb.embeddings):
             cur = view[(j.entity_type, j.entity_id)]
             sv, sp, sf = cur
@@ -252,6 +256,8 @@ class PublishStage:
             if d.stale:
                 n_stale += len(emb)
                 continue
+            if snap_topic:
+                snapshots.append(snapshot_send(snap_topic, j, self.codec, now_ms))
             n_dedup += d.unchanged
             if not d.changed:
                 continue
@@ -282,6 +288,8 @@ class PublishStage:
                 continue
             cur[0], cur[1], cur[2] = dl.version, False, {}
             deletes.append((dl.entity_type, dl.entity_id, dl.version))
+            if snap_topic:
+                snapshots.append(tombstone_send(snap_topic, dl.key, dl.version))
             rec = {"entity_type": dl.entity_type, "entity_id": dl.entity_id, "version": dl.version,
                    "deleted": True, "partial": False, "embeddings": []}
             sends.append((self.cfg.topics.embeddings, dl.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
@@ -289,7 +297,7 @@ class PublishStage:
         n_msgs = len(sends)
         for d in wb.dead_letters:
             sends.append(self._dead_letter_send(d))
-        n_msgs -= self._send_all(sends, owners, upserts, deletes, wb)   # 1. Kafka (acknowledged)
+        n_msgs -= self._send_all(sends + snapshots, owners, upserts, deletes, wb)   # 1. Kafka (acknowledged)
         retries_before = self.store.retries
         self.store.write([u for u in upserts if u is not None],
                          [d for d in deletes if d is not None])        # 2. Redis, version-guarded
@@ -298,6 +306,7 @@ class PublishStage:
         m.inc("embeddings_written", n_written)
         m.inc("embeddings_stale", n_stale)
         m.inc("messages_published", n_msgs)
+        m.inc("snapshots_written", len(snapshots))
         m.inc("dead_letters", len(wb.dead_letters))
         for d in wb.dead_letters:
             m.inc(f"dead_letters_{d.reason}")
@@ -342,7 +351,16 @@ class PublishStage:
         refused = send_acknowledged(self.producer, sends, f"publishing {len(sends)} records", log)
         retry, n_refused = [], 0
         for i, exc in refused:
-            t, k, v = sends[i]
+            t, k, v = sends[i][:3]
+            if t == self.cfg.topics.feature_snapshot and t:
+                # a snapshot record the broker refuses: the embeddings are still written; a backfill
+                # will not see this version (the dead letter says which)
+                d = DeadLetterOut(RawRef(t, -1, -1, k, b""), "nearline.snapshot",
+                                  f"publish_refused: {t} refused the {len(v or b'')}-byte snapshot record ({exc})",
+                                  "publish_refused")
+                wb.dead_letters.append(d)
+                retry.append(self._dead_letter_send(d))
+                continue
             if i < len(owners):
                 kind, idx = owners[i]
                 (upserts if kind == "up" else deletes)[idx] = None

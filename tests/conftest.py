@@ -76,7 +76,8 @@ def isolated_config(bootstrap: str, redis_url: str, suffix: str, **overrides) ->
     cfg.kafka.bootstrap, cfg.redis.url = bootstrap, redis_url
     t = cfg.topics
     cfg.topics = replace(t, entity_updates=f"{t.entity_updates}-{suffix}", standardized_prefix=f"std-{suffix}.",
-                         embeddings=f"{t.embeddings}-{suffix}", dead_letter=f"{t.dead_letter}-{suffix}")
+                         embeddings=f"{t.embeddings}-{suffix}", dead_letter=f"{t.dead_letter}-{suffix}",
+                          feature_snapshot=f"{t.feature_snapshot}-{suffix}")
     cfg.kafka.consumer_group = f"nearline-{suffix}"
     cfg.redis.key_prefix = f"emb-{suffix}"
     for k, v in overrides.items():

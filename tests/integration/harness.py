@@ -40,6 +40,7 @@ class Harness:
     events: list = field(default_factory=list)
     join_timeout_s: float = 60.0
     job_overrides: dict = field(default_factory=dict)
+    backfill_on_register: bool = False  # the job's automatic backfill of a newly registered version
 
     def __post_init__(self):
         self.root.mkdir(parents=True, exist_ok=True)
@@ -48,11 +49,13 @@ class Harness:
         t = self.cfg.topics
         conf = {
             "topics": {"entity_updates": t.entity_updates, "standardized_prefix": t.standardized_prefix,
-                       "embeddings": t.embeddings, "dead_letter": t.dead_letter, "partitions": t.partitions},
+                       "embeddings": t.embeddings, "dead_letter": t.dead_letter, "partitions": t.partitions,
+                       "feature_snapshot": t.feature_snapshot},
             "kafka": {"bootstrap": self.cfg.kafka.bootstrap, "consumer_group": self.cfg.kafka.consumer_group},
             "redis": {"url": self.cfg.redis.url, "key_prefix": self.cfg.redis.key_prefix},
             "join": {"timeout_s": self.join_timeout_s},
-            "job": {"metrics_port": 0, "log_every_s": 2, "registry_poll_s": 0.5, "poll_timeout_ms": 50},
+            "job": {"metrics_port": 0, "log_every_s": 2, "registry_poll_s": 0.5, "poll_timeout_ms": 50,
+                    "backfill_on_register": self.backfill_on_register},
             "standardizers": {"taxonomy_dir": str(self.marketplace_dir),
                               "delays": {"skills": {"delay_ms": 5, "jitter_ms": 40}, "geo": {"jitter_ms": 20}}},
             "models": {"registry": str(self.registry)},

@@ -1,0 +1,241 @@
+"""Benchmark of `nearline backfill` (run on demand, not a test):
+
+  python bench/backfill_bench.py [--entities 20000] [--batch-size 1024] [--scale 0]
+
+1. A private Apache Kafka + Redis; a feature snapshot of N entities (2/3 members, 1/3 jobs; random
+   taxonomy ids within each manifest's vocabulary, weighted skills) written to the compacted topic.
+2. For 1 and 3 model versions per entity type (the shipped pyramid towers registered under v1..v3): Redis
+   wiped, then `nearline backfill --models ...` (the CLI, a subprocess, Beam FnApiRunner) writes every
+   embedding; entities/s from its own summary (scan + score + Kafka + Redis, process start excluded) and
+   the process's wall time and peak RSS.
+3. Baselines, measured in the same run on the same rows and the same batches (the same partition
+   chunks of --batch-size, split by entity type, as the backfill's stage makes them): onnxruntime alone
+   (session.run on pre-built tensors, same thread count), and onnxruntime + build_inputs.
+   Ratio = backfill entities/s / ceiling entities/s (target >= 0.5). Also the same stages (scan +
+   BackfillStage) in a plain Python loop without Beam: what the runner costs.
+4. --scale N: the same with 3 versions per type (`--all`) on an N-entity snapshot: wall time, peak RSS.
+
+Figures are noisy on a shared 2-core machine (other processes compete for the cores); say so when quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from nearline import kafka_io  # noqa: E402
+from nearline.backfill import batches_with_progress, decode_rows, plan_ranges, scan_range  # noqa: E402
+from nearline.codec import Codec  # noqa: E402
+from nearline.config import Config, ServicesConfig  # noqa: E402
+from nearline.features import build_inputs  # noqa: E402
+from nearline.registry import Registry  # noqa: E402
+from nearline.scoring import run_rows  # noqa: E402
+from nearline.services import LocalServices  # noqa: E402
+from nearline.snapshot import SCHEMA, VERSION_HEADER, ensure_snapshot_topic  # noqa: E402
+from nearline_bench import make_registry  # noqa: E402
+
+
+def random_features(rng, manifest) -> dict:
+    feats = {}
+    for f in manifest.inputs:
+        n = int(rng.integers(1, f.max_len + 1))
+        pool = f.kept_ids if f.kept_ids else None
+        hi = f.vocab_size - 2
+        ids = [int(pool[i]) for i in rng.integers(0, len(pool), n)] if pool else [int(x) for x in rng.integers(0, hi, n)]
+        w = [float(np.float32(x)) for x in rng.uniform(0.2, 1.0, n)] if f.weighted else None
+        feats[f.name] = {"ids": ids, "weights": w}
+    return feats
+
+
+def populate(cfg: Config, registry: Path, n: int, seed: int = 1) -> None:
+    good, _ = Registry(registry).load()
+    man = {p.manifest.entity_type: p.manifest for p in good if p.manifest.version == "v1"}
+    rng = np.random.default_rng(seed)
+    codec = Codec()
+    prod = kafka_io.make_producer(cfg.kafka.bootstrap, linger_ms=20, batch_size=256 << 10)
+    t0 = time.monotonic()
+    futs = []
+    for i in range(n):
+        etype, eid = ("member", f"m{i}") if i % 3 else ("job", f"j{i}")
+        rec = {"entity_type": etype, "entity_id": eid, "version": 1000 + i, "partial": False, "missing": [],
+               "features": random_features(rng, man[etype]), "written_at": 0}
+        futs.append(prod.send(cfg.topics.feature_snapshot, key=f"{etype}:{eid}".encode(), value=codec.encode(SCHEMA, rec),
+                              headers=[(VERSION_HEADER, str(rec["version"]).encode())]))
+        if len(futs) >= 20000:
+            prod.flush()
+            futs = []
+    prod.flush()
+    prod.close()
+    print(f"snapshot: {n} entities written in {time.monotonic() - t0:.1f}s", flush=True)
+
+
+def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_threads: int) -> dict:
+    """onnxruntime alone on the backfill's own batches (pre-built tensors), and with build_inputs."""
+    import onnxruntime as ort
+
+    good, _ = Registry(registry).load()
+    pk = {p.manifest.key: p for p in good if p.manifest.key in keys}
+    sessions = {}
+    for k, p in pk.items():
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = ort_threads, 1, 3
+        sessions[k] = ort.InferenceSession(str(p.onnx_path), so, providers=["CPUExecutionProvider"])
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None, max_partition_fetch_bytes=8 << 20)
+    codec = Codec()
+    batches = []  # (model key, feed)
+    n_entities = 0
+    t_build = 0.0
+    for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
+        entries, _ = scan_range(c, rng, codec)
+        ordered = sorted(entries.values(), key=lambda e: e.offset)
+        for chunk, _ in batches_with_progress(ordered, batch_size, rng.size):
+            rows = decode_rows(chunk, rng.partition, codec)
+            n_entities += len(rows)
+            for etype in ("member", "job"):
+                feats = [r.features for r in rows if r.entity_type == etype]
+                if not feats:
+                    continue
+                for k, p in pk.items():
+                    if p.manifest.entity_type == etype:
+                        t = time.perf_counter()
+                        feed = build_inputs(p.manifest, feats)
+                        t_build += time.perf_counter() - t
+                        batches.append((k, feed))
+    c.close()
+    t = time.perf_counter()
+    for k, feed in batches:
+        run_rows(sessions[k], pk[k].manifest.output_name, feed)
+    t_ort = time.perf_counter() - t
+    return {"entities": n_entities, "ort_calls": len(batches), "ort_s": t_ort, "build_s": t_build,
+            "ort_entities_per_s": n_entities / t_ort, "ort_build_entities_per_s": n_entities / (t_ort + t_build)}
+
+
+def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int) -> dict:
+    """The same stages (scan, BackfillStage) in a plain Python loop in this process: what Beam costs."""
+    from nearline.backfill import BackfillCounts, BackfillStage
+    from nearline.scoring import ModelSet, RegistryWatcher
+    from nearline.store import RedisEmbeddingStore
+
+    cfg.models.registry = str(registry)
+    store = RedisEmbeddingStore(cfg.redis.url, cfg.redis.key_prefix)
+    prod = kafka_io.make_producer(cfg.kafka.bootstrap, cfg.kafka.producer_linger_ms)
+    stage = BackfillStage(cfg, store, prod, ModelSet(RegistryWatcher(Registry(registry), cfg.entity_types, 0),
+                                                     cfg.job.ort_threads), set(keys))
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None, max_partition_fetch_bytes=8 << 20)
+    codec, total = Codec(), BackfillCounts()
+    t0 = time.monotonic()
+    for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
+        entries, _ = scan_range(c, rng, codec)
+        for chunk, _ in batches_with_progress(sorted(entries.values(), key=lambda e: e.offset), batch_size, rng.size):
+            total.add(stage.run(decode_rows(chunk, rng.partition, codec)))
+    dt = time.monotonic() - t0
+    c.close()
+    prod.close()
+    return {"seconds": dt, "entities": total.entities, "written": total.written, "entities_per_s": total.entities / dt}
+
+
+def run_cli(conf: Path, models: list[str] | None, batch_size: int, log: Path, beam_args: list[str]) -> dict:
+    args = ["--all"] if models is None else ["--models", *models]
+    cmd = [sys.executable, "-m", "nearline.cli", "--config", str(conf), "backfill", *args, "--batch-size", str(batch_size),
+           "--no-progress", "--json", *(["--", *beam_args] if beam_args else [])]
+    t0 = time.monotonic()
+    with open(log, "wb") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    text = log.read_text(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"backfill failed:\n{text[-3000:]}")
+    summary = json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+    return {**summary, "wall_s": wall, "peak_rss_mb": ru.ru_maxrss / 1024,
+            "entities_per_s": summary["entities"] / summary["seconds"]}
+
+
+def wipe(redis_url: str, prefix: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=f"{prefix}:*", count=5000))
+    for i in range(0, len(keys), 5000):
+        r.delete(*keys[i:i + 5000])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--entities", type=int, default=20000)
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--scale", type=int, default=0, help="also a --all run on a snapshot of this many entities")
+    ap.add_argument("--out", help="write the figures as JSON here")
+    ap.add_argument("beam_args", nargs="*", help="Beam options for the backfill after --, e.g. -- --direct_num_workers=2")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="nearline-backfill-bench-"))
+    cfg = Config()
+    cfg.services = ServicesConfig(broker="kafka", kafka_port=0, redis_port=0)
+    svc = LocalServices(cfg, tmp / "services")
+    results: dict = {"entities": args.entities, "batch_size": args.batch_size, "cpus": os.cpu_count(), "beam_args": args.beam_args,
+                     "loadavg_start": os.getloadavg()[0]}
+    try:
+        st = svc.up()
+        cfg.kafka.bootstrap, cfg.redis.url = st.kafka_bootstrap, st.redis_url
+        registry = make_registry(tmp)
+        conf = tmp / "nearline.yaml"
+        conf.write_text(yaml.safe_dump({"kafka": {"bootstrap": cfg.kafka.bootstrap}, "redis": {"url": cfg.redis.url},
+                                        "models": {"registry": str(registry)}}))
+        kafka_io.ensure_topics(cfg.kafka.bootstrap, cfg.all_topics(), cfg.topics.partitions)
+        ensure_snapshot_topic(cfg.kafka.bootstrap, cfg)
+        populate(cfg, registry, args.entities)
+        for k in (1, 3):
+            models = [f"{side}_pyramid@v{i}" for side in ("member", "job") for i in range(1, k + 1)]
+            wipe(cfg.redis.url, cfg.redis.key_prefix)
+            bf = run_cli(conf, models, args.batch_size, tmp / f"backfill-{k}.log", args.beam_args)
+            wipe(cfg.redis.url, cfg.redis.key_prefix)
+            loop = plain_loop(cfg, registry, models, args.batch_size)
+            assert loop["written"] == bf["written"], (loop, bf)
+            ceil = ceiling(cfg, registry, models, args.batch_size, cfg.job.ort_threads)
+            results[f"models_{k}"] = {"backfill": bf, "ceiling": ceil, "plain_loop": loop,
+                                      "ratio_vs_plain_loop": bf["entities_per_s"] / loop["entities_per_s"],
+                                      "ratio_vs_ort": bf["entities_per_s"] / ceil["ort_entities_per_s"],
+                                      "ratio_vs_ort_build": bf["entities_per_s"] / ceil["ort_build_entities_per_s"]}
+            print(f"{k} version(s)/type: backfill {bf['entities_per_s']:,.0f} entities/s (wall {bf['wall_s']:.1f}s, "
+                  f"peak RSS {bf['peak_rss_mb']:.0f} MB, written {bf['written']}) | onnxruntime alone "
+                  f"{ceil['ort_entities_per_s']:,.0f}/s, with build_inputs {ceil['ort_build_entities_per_s']:,.0f}/s, "
+                  f"same stages in a plain loop {loop['entities_per_s']:,.0f}/s | "
+                  f"ratio {results[f'models_{k}']['ratio_vs_ort']:.2f} (vs ORT+build {results[f'models_{k}']['ratio_vs_ort_build']:.2f})",
+                  flush=True)
+        if args.scale:
+            cfg.topics.feature_snapshot = "feature-snapshot-scale"
+            conf.write_text(yaml.safe_dump({"kafka": {"bootstrap": cfg.kafka.bootstrap}, "redis": {"url": cfg.redis.url},
+                                            "topics": {"feature_snapshot": cfg.topics.feature_snapshot},
+                                            "models": {"registry": str(registry)}}))
+            ensure_snapshot_topic(cfg.kafka.bootstrap, cfg)
+            populate(cfg, registry, args.scale, seed=2)
+            wipe(cfg.redis.url, cfg.redis.key_prefix)
+            bf = run_cli(conf, None, args.batch_size, tmp / "backfill-scale.log", args.beam_args)
+            results["scale"] = {"entities": args.scale, **bf}
+            print(f"scale: {args.scale:,} entities, 3 versions/type (--all): wall {bf['wall_s']:.0f}s, "
+                  f"{bf['entities_per_s']:,.0f} entities/s, peak RSS {bf['peak_rss_mb']:.0f} MB, written {bf['written']}",
+                  flush=True)
+        results["loadavg_end"] = os.getloadavg()[0]
+        print(json.dumps(results, indent=2, default=float))
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2, default=float))
+    finally:
+        svc.down()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,541 @@
+"""Offline backfill and rebuild: score chosen model versions on every live entity of the feature snapshot.
+
+Plain Python, one batch at a time; beam_jobs/backfill_job.py wires it into a Beam batch pipeline and
+`nearline backfill` drives it (:func:`run_backfill`).
+
+    scan_range       one partition range of the snapshot topic -> the newest entry per entity
+    BackfillStage    per batch of entities: one Redis read -> which versions each entity lacks -> score
+                     them with the job's own ModelSet.score (same feature-to-tensor code, same ORT
+                     sessions options, so the bits are identical) -> dedupe -> EntityEmbeddings to Kafka
+                     (acknowledged) -> version-guarded Redis writes (the job's Lua CAS)
+    run_backfill     passes over the snapshot until it converges, progress bar, summary
+
+Version guard. The stored ``_v`` decides, per entity:
+  * stored newer than the snapshot: skipped (the job wrote a newer version meanwhile; the job scores
+    every registered version, and the next pass picks up the newer snapshot record if it lacks one);
+  * stored equal: only the chosen versions whose field is missing are scored and added (HSET adds the
+    field, the CAS accepts an equal version);
+  * stored older (the job deduped that version entirely, an irrelevant update leaves ``_v`` behind; or its
+    Redis write of a version whose snapshot is already on the topic is in flight): the chosen versions
+    are scored and compared with what is stored (the job's dedupe rule), so the other fields stay valid;
+  * absent (a wiped Redis): the chosen versions are scored (``--all``: every registered one);
+  * a partial hash and a complete snapshot of the same version: every registered version is rescored,
+    since the write clears ``_partial`` for the whole hash.
+  The Lua CAS re-checks at write time, so a version the job writes between our read and our write is
+  never overwritten (counted as skipped_newer).
+
+Idempotent and resumable: fields already present at the snapshot's version are not rescored (they were
+computed from the same features by the same model), so a rerun after a crash redoes only what is missing.
+
+Convergence. A pass scans the snapshot up to its end offsets at the start of the pass. While the job runs,
+a batch it scored before it loaded a new version can land after those offsets (Redis then holds a newer
+version without the field: skipped above). So passes repeat over the records appended meanwhile until a
+pass writes nothing (bounded by ``max_passes``). Catch-up passes rescore what they read: the job may have
+rewritten an entity the first pass had completed, keeping a field it does not score yet from the older
+version; rescoring finds the difference (or dedupes it bitwise when the job did score the version).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+
+from nearline.codec import Codec, CodecError
+from nearline.deadletter import encode_dead_letter
+from nearline.dedupe import decide
+from nearline.lifecycle import retry_until_done
+from nearline.snapshot import SCHEMA, SnapshotEntry, latest_per_key
+
+log = logging.getLogger(__name__)
+
+
+class BackfillError(RuntimeError):
+    """A backfill cannot start; the message says what to do (one line for the CLI)."""
+
+
+@dataclass
+class PartitionRange:
+    topic: str
+    partition: int
+    start: int
+    end: int  # exclusive
+
+    @property
+    def size(self) -> int:
+        return max(0, self.end - self.start)
+
+
+@dataclass
+class SnapshotRow:
+    key: str
+    entity_type: str
+    entity_id: str
+    version: int
+    partial: bool
+    missing: list[str] | None     # None with features: not decoded yet (BackfillStage decodes what it scores)
+    features: dict[str, dict] | None
+    partition: int = -1
+    offset: int = -1
+    raw: bytes | None = None
+    error: str | None = None  # the record could not be decoded: dead-lettered, never scored
+
+    @property
+    def deleted(self) -> bool:
+        return self.raw is None
+
+
+@dataclass
+class BackfillCounts:
+    scanned: int = 0              # snapshot records read
+    entities: int = 0             # newest entry per entity, live or deleted, processed by the stage
+    written: int = 0              # embeddings (entity x model version) written to Redis and published
+    entities_written: int = 0     # entities with at least one embedding written
+    skipped_newer: int = 0        # embeddings not written: Redis holds a newer version of the entity
+    deduped: int = 0              # embeddings already in Redis at the snapshot's version (or bitwise equal)
+    failed: int = 0               # embeddings that could not be computed (dead-lettered with the reason)
+    tombstones: int = 0           # deletes restored into Redis (after a wipe)
+    would_score: int = 0          # --dry-run: embeddings a real run would compute
+    progress: int = 0             # snapshot offsets fully handled (the progress bar's unit)
+
+    def add(self, other: "BackfillCounts") -> "BackfillCounts":
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+        return self
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+# ---- reading the snapshot ----------------------------------------------------------------------
+def plan_ranges(consumer, topic: str, partitions: list[int], since: dict[int, int] | None = None) -> list[PartitionRange]:
+    """One range per partition, from ``since`` (or the beginning) to the end offsets now."""
+    from nearline import kafka_io
+
+    tps = [kafka_io.TopicPartition(topic, p) for p in partitions]
+    ends = kafka_io.end_offsets(consumer, tps)
+    begins = consumer.beginning_offsets(tps, timeout_ms=10_000)
+    out = []
+    for tp in tps:
+        start = max(begins[tp], (since or {}).get(tp.partition, 0))
+        out.append(PartitionRange(topic, tp.partition, start, ends[tp]))
+    return out
+
+
+def scan_range(consumer, rng: PartitionRange, codec: Codec | None = None) -> tuple[dict[str, SnapshotEntry], int]:
+    """Read [start, end) of one partition; the newest entry per entity and the number of records read."""
+    from nearline import kafka_io
+
+    if rng.size == 0:
+        return {}, 0
+    tp = kafka_io.TopicPartition(rng.topic, rng.partition)
+    consumer.assign([tp])
+    consumer.seek(tp, rng.start)
+    entries: dict[str, SnapshotEntry] = {}
+    scanned = 0
+    idle_deadline = time.monotonic() + 60
+    while consumer.position(tp) < rng.end:
+        recs = [r for r in consumer.poll(timeout_ms=500, max_records=5000).get(tp, []) if r.offset < rng.end]
+        if not recs:
+            if time.monotonic() > idle_deadline:
+                raise BackfillError(f"snapshot {rng.topic}[{rng.partition}] stopped at offset {consumer.position(tp)} "
+                                    f"before {rng.end}: is the broker up?")
+            continue
+        idle_deadline = time.monotonic() + 60
+        part, n = latest_per_key(recs, codec)
+        scanned += n
+        for k, e in part.items():
+            cur = entries.get(k)
+            if cur is None or e.version >= cur.version:
+                entries[k] = e
+    return entries, scanned
+
+
+def decode_rows(entries: list[SnapshotEntry], partition: int, codec: Codec) -> list[SnapshotRow]:
+    rows = []
+    for e in entries:
+        etype, _, eid = e.key.partition(":")
+        if e.value is None:
+            rows.append(SnapshotRow(e.key, etype, eid, e.version, False, [], {}, partition, e.offset, None))
+            continue
+        if e.partial is not None:  # decided on headers; decoded only if something is scored
+            rows.append(SnapshotRow(e.key, etype, eid, e.version, e.partial, None, None, partition, e.offset, e.value))
+            continue
+        try:
+            rec = codec.decode(e.value, expect=SCHEMA)
+        except CodecError as exc:
+            rows.append(SnapshotRow(e.key, etype, eid, e.version, False, [], {}, partition, e.offset, e.value,
+                                    error=f"snapshot record of {e.key} undecodable: {exc}"))
+            continue
+        rows.append(SnapshotRow(e.key, rec["entity_type"], rec["entity_id"], rec["version"], rec["partial"],
+                                rec["missing"], rec["features"], partition, e.offset, e.value))
+    return rows
+
+
+def batches_with_progress(rows: list, batch_size: int, span: int):
+    """Split ``rows`` into batches and share the range's offset span between them (integers summing to
+    span), so the progress bar moves as batches are written."""
+    n = len(rows)
+    if n == 0:
+        if span:
+            yield [], span
+        return
+    done = 0
+    for i in range(0, n, batch_size):
+        upto = span * min(n, i + batch_size) // n
+        yield rows[i:i + batch_size], upto - done
+        done = upto
+
+
+# ---- scoring and writing -----------------------------------------------------------------------
+def score_with(models, keys: list[str], entity_type: str, rows: list[dict]):
+    """The job's ModelSet.score (nearline/scoring.py), restricted to ``keys``: same build_inputs, same
+    run_rows (a lone row is scored as a batch of two), same isolation of rows that do not fit."""
+    view = copy.copy(models)
+    view.models = {k: models.models[k] for k in keys}
+    return view.score(entity_type, rows)
+
+
+class BackfillStage:
+    """One batch of snapshot rows -> Kafka + Redis, version-guarded. ``models`` is a loaded ModelSet;
+    ``chosen`` the model keys to backfill (every registered one for a rebuild)."""
+
+    def __init__(self, cfg, store, producer, models, chosen: set[str], *, rescore: bool = False,
+                 dry_run: bool = False, codec: Codec | None = None, before_write=None):
+        self.cfg, self.store, self.producer, self.models = cfg, store, producer, models
+        self.chosen, self.rescore, self.dry_run = set(chosen), rescore, dry_run
+        self.codec = codec or Codec()
+        self.before_write = before_write  # test hook: called between the Redis read and the writes
+        self.by_type: dict[str, list[str]] = {}
+        for k, m in sorted(models.models.items()):
+            self.by_type.setdefault(m.package.manifest.entity_type, []).append(k)
+
+    def _lacks_standardizer(self, key: str, row: SnapshotRow) -> str | None:
+        """A version that needs a standardizer no earlier version needed: the snapshot's join did not wait
+        for it, so its features may be absent; scoring with defaults would be wrong, not partial."""
+        man = self.models.models[key].package.manifest
+        for f in man.inputs:
+            if f.name not in row.features and f.standardizer not in row.missing:
+                return f"snapshot of {row.key} version {row.version} has no {f.name!r} (standardizer {f.standardizer}); " \
+                       f"its next update scores {key}"
+        return None
+
+    def _decode(self, r: SnapshotRow) -> bool:
+        try:
+            rec = self.codec.decode(r.raw, expect=SCHEMA)
+        except CodecError as exc:
+            r.error = f"snapshot record of {r.key} undecodable: {exc}"
+            return False
+        r.features, r.missing = rec["features"], rec["missing"]
+        return True
+
+    def run(self, rows: list[SnapshotRow]) -> BackfillCounts:
+        c = BackfillCounts(entities=len(rows))
+        dead = [(r, r.error) for r in rows if r.error]
+        c.failed += len(dead)
+        rows = [r for r in rows if not r.error and (r.entity_type in self.by_type or r.deleted)]
+        if not rows and not dead:
+            return c
+        reads = self.store.read([(r.entity_type, r.entity_id) for r in rows],
+                                [self.by_type.get(r.entity_type, []) for r in rows])
+        groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        deletes = []
+        for i, (r, (sv, sp, sf)) in enumerate(zip(rows, reads)):
+            if r.deleted:
+                if sv is None or sv < r.version:
+                    deletes.append((r.entity_type, r.entity_id, r.version))
+                continue
+            registered = self.by_type[r.entity_type]
+            chosen = [k for k in registered if k in self.chosen]
+            if not chosen:
+                continue
+            if sv is not None and (sv > r.version or (sv == r.version and r.partial and not sp)):
+                c.skipped_newer += len(chosen)
+                continue
+            if sv is None:
+                need = chosen  # no hash (a wiped Redis): --models writes only what was asked, --all rebuilds all
+            elif sp and not r.partial:
+                need = registered  # a complete snapshot over a partial hash: the write clears _partial for all
+            elif sv < r.version:
+                # the job deduped this version entirely (an irrelevant update leaves _v behind) or its Redis
+                # write is in flight: the other versions are valid at r.version; score the chosen ones
+                need = chosen
+            else:
+                need = [k for k in chosen if self.rescore or sf.get(k) is None]
+                c.deduped += len(chosen) - len(need)
+            if need and r.features is None and not self._decode(r):
+                dead.append((r, r.error))
+                c.failed += len(need)
+                continue
+            ok = []
+            for k in need:
+                why = self._lacks_standardizer(k, r)
+                if why:
+                    c.failed += 1
+                    dead.append((r, f"{k}: {why}"))
+                else:
+                    ok.append(k)
+            if ok:
+                groups.setdefault((r.entity_type, tuple(ok)), []).append(i)
+        if self.dry_run:
+            c.would_score = sum(len(ks) * len(idx) for (_, ks), idx in groups.items())
+            c.tombstones = len(deletes)
+            return c
+        emb: dict[int, dict[str, bytes]] = {}
+        for (etype, keys), idx in groups.items():
+            scores, bad = score_with(self.models, list(keys), etype, [rows[i].features for i in idx])
+            for local, err in bad.items():
+                c.failed += len(keys)
+                dead.append((rows[idx[local]], err))
+            for local, i in enumerate(idx):
+                if local in bad:
+                    continue
+                import numpy as np
+
+                emb[i] = {k: np.ascontiguousarray(scores[k][local], dtype="<f4").tobytes() for k in keys}
+        tol = self.cfg.dedupe.tolerance
+        upserts, sends, counted = [], [], []
+        now_ms = int(time.time() * 1000)
+        for i, vecs in emb.items():
+            r, (sv, sp, sf) = rows[i], reads[i]
+            d = decide(sv, sf, r.version, vecs, tol, partial=r.partial, stored_partial=sp)  # the job's rule
+            if d.stale:
+                c.skipped_newer += len(vecs)
+                continue
+            changed = d.changed
+            c.deduped += d.unchanged
+            if not changed:
+                continue
+            upserts.append((r.entity_type, r.entity_id, r.version, changed, r.partial))
+            counted.append(len(changed))
+            entries = []
+            for k in sorted(changed):
+                name, _, ver = k.partition("@")
+                entries.append({"model": name, "model_version": ver, "dim": len(changed[k]) // 4,
+                                "vector": changed[k], "produced_at": now_ms})
+            sends.append((self.cfg.topics.embeddings, r.key.encode(), self.codec.encode("EntityEmbeddings", {
+                "entity_type": r.entity_type, "entity_id": r.entity_id, "version": r.version, "deleted": False,
+                "partial": r.partial, "embeddings": entries})))
+        for r, err in dead:
+            sends.append((self.cfg.topics.dead_letter, r.key.encode(), encode_dead_letter(
+                self.codec, original=r.raw or b"", key=r.key.encode(), topic=self.cfg.topics.feature_snapshot,
+                partition=r.partition, offset=r.offset, stage="nearline.backfill", error=err)))
+            log.warning("backfill dead letter: %s", err)
+        if self.before_write is not None:
+            self.before_write(rows, upserts)
+        self._send_all(sends)                               # 1. Kafka (acknowledged)
+        applied = self.store.write(upserts, deletes)        # 2. Redis, the job's version-guarded CAS
+        for n, ok in zip(counted, applied[:len(upserts)]):
+            if ok:
+                c.written += n
+                c.entities_written += 1
+            else:
+                c.skipped_newer += n  # the job wrote a newer version between our read and our write
+        c.tombstones += sum(applied[len(upserts):])
+        return c
+
+    def _send_all(self, sends) -> None:
+        if not sends:
+            return
+
+        def send():
+            futs = [self.producer.send(t, key=k, value=v) for t, k, v in sends]
+            self.producer.flush(timeout=30)
+            for f in futs:
+                f.get(timeout=30)
+
+        retry_until_done(f"publishing {len(sends)} backfill records", send, log)
+
+
+# ---- progress, requests, markers (Redis) ---------------------------------------------------------
+class RunProgress:
+    """Counters of one backfill run in a Redis hash, so that workers of any runner report to the driver's
+    progress bar and the summary survives the workers."""
+
+    def __init__(self, r, key: str):
+        self.r, self.key = r, key
+
+    def add(self, counts: BackfillCounts) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for k, v in counts.as_dict().items():
+            if v:
+                pipe.hincrby(self.key, k, v)
+        pipe.expire(self.key, 7 * 86400)
+        pipe.execute()
+
+    def read(self) -> BackfillCounts:
+        raw = self.r.hgetall(self.key)
+        return BackfillCounts(**{k.decode(): int(v) for k, v in raw.items() if k.decode() in BackfillCounts.__dataclass_fields__})
+
+
+def requests_key(prefix: str) -> str:
+    """Hash of model versions whose backfill was requested and has not completed (model key -> time)."""
+    return f"{prefix}:backfill:requested"
+
+
+def done_key(prefix: str) -> str:
+    """Hash of model versions whose backfill completed (model key -> JSON summary)."""
+    return f"{prefix}:backfill:done"
+
+
+# ---- the driver --------------------------------------------------------------------------------
+@dataclass
+class BackfillResult:
+    models: list[str]
+    counts: BackfillCounts
+    passes: int
+    seconds: float
+    dry_run: bool
+    ranges: list[list[int]] = field(default_factory=list)
+
+    def summary_line(self) -> str:
+        c = self.counts
+        head = "dry run: " if self.dry_run else ""
+        rate = c.entities / self.seconds if self.seconds else 0.0
+        s = (f"{head}backfill of {', '.join(self.models)}: scanned {c.scanned} snapshot records, {c.entities} entities "
+             f"in {self.passes} pass(es), {self.seconds:.1f}s ({rate:,.0f} entities/s); ")
+        if self.dry_run:
+            return s + f"would score {c.would_score}, deduped {c.deduped}, skipped as newer {c.skipped_newer}, " \
+                       f"failed {c.failed}, tombstones to restore {c.tombstones}"
+        return s + (f"written {c.written} ({c.entities_written} entities), skipped as newer {c.skipped_newer}, "
+                    f"deduped {c.deduped}, failed {c.failed}, tombstones restored {c.tombstones}")
+
+
+def resolve_models(cfg, models: list[str] | None, all_models: bool):
+    """(valid registered keys, chosen keys). Unknown or broken versions are a BackfillError naming them."""
+    from nearline.registry import Registry
+
+    if not all_models and not models:
+        raise BackfillError("name the versions to backfill (--models NAME@VERSION ...) or use --all")
+    reg = Registry(cfg.path(cfg.models.registry))
+    try:
+        good, bad = reg.load(cfg.entity_types)
+    except Exception as exc:
+        raise BackfillError(f"registry {reg.path} unreadable: {exc}") from None
+    for entry, problems in bad.items():
+        log.warning("registered package %s is broken and not backfilled: %s", entry, "; ".join(problems))
+    registered = sorted(p.manifest.key for p in good)
+    if all_models:
+        chosen = registered
+    else:
+        unknown = [m for m in models if m not in registered]
+        if unknown:
+            raise BackfillError(f"not registered (or broken): {', '.join(unknown)}; registered: {', '.join(registered) or 'none'} "
+                                f"(register with `nearline models register PATH`)")
+        chosen = list(dict.fromkeys(models))
+    if not chosen:
+        raise BackfillError(f"no valid model version is registered in {reg.path}")
+    return registered, chosen
+
+
+def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | None = None, all_models: bool = False,
+                 dry_run: bool = False, rescore: bool = False, batch_size: int = 1024, max_passes: int = 5,
+                 beam_args: list[str] | None = None, progress: bool = True, run_id: str | None = None,
+                 after_pass=None) -> BackfillResult:
+    """``after_pass(n)``: called after pass n (tests use it to let the job write meanwhile)."""
+    from nearline import kafka_io
+    from nearline.store import RedisEmbeddingStore
+
+    _, chosen = resolve_models(cfg, models, all_models)  # workers load the sessions; this validates the choice
+    topic = cfg.topics.feature_snapshot
+    if not topic:
+        raise BackfillError("topics.feature_snapshot is empty in the config: the job writes no feature snapshot to backfill from")
+    store = RedisEmbeddingStore(redis_url, cfg.redis.key_prefix)
+    consumer = kafka_io.make_consumer(bootstrap, None)
+    keeper = None
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise BackfillError(f"feature snapshot topic {topic!r} does not exist on {bootstrap}: the nearline job "
+                                f"creates and fills it (`nearline run`)")
+        parts = sorted(parts)
+        run_id = run_id or uuid.uuid4().hex[:12]
+        prog = RunProgress(store.r, f"{cfg.redis.key_prefix}:backfill:run:{run_id}")
+        if not dry_run:
+            from nearline.model_lifecycle import LeaseKeeper
+
+            # durable request (cleared on completion: a job restarted after a crash relaunches it) + lease
+            pipe = store.r.pipeline(transaction=False)
+            for k in chosen:
+                pipe.hsetnx(requests_key(cfg.redis.key_prefix), k, json.dumps({"at": time.time(), "by": run_id}))
+            pipe.execute()
+            owner = os.environ.get("NEARLINE_BACKFILL_OWNER") or f"backfill-{run_id}"
+            keeper = LeaseKeeper(store.r, cfg.redis.key_prefix, chosen, owner).__enter__()
+        since: dict[int, int] = {}
+        t0 = time.monotonic()
+        passes = 0
+        all_ranges = []
+        while passes < max_passes:
+            ranges = [r for r in plan_ranges(consumer, topic, parts, since) if r.size > 0]
+            if not ranges:
+                break
+            passes += 1
+            all_ranges += [[r.partition, r.start, r.end] for r in ranges]
+            before = prog.read()
+            # catch-up passes rescore: an entity the job rewrote meanwhile may hold the field from an older
+            # version (a job that had not loaded the version yet keeps fields it does not write)
+            _run_pass(cfg, bootstrap, redis_url, ranges, chosen, prog, dry_run=dry_run, rescore=rescore or passes > 1,
+                      batch_size=batch_size, beam_args=beam_args, progress=progress, label=f"pass {passes}")
+            after = prog.read()
+            for r in ranges:
+                since[r.partition] = r.end
+            if after_pass is not None:
+                after_pass(passes)
+            log.info("backfill pass %d: %s", passes, {k: v - getattr(before, k) for k, v in after.as_dict().items()})
+            if dry_run or after.written == before.written:
+                break  # converged: the records appended during this pass needed nothing
+        total = prog.read()
+    finally:
+        consumer.close(autocommit=False)
+        if keeper is not None:
+            keeper.__exit__(None, None, None)
+    result = BackfillResult(chosen, total, passes, time.monotonic() - t0, dry_run, all_ranges)
+    if not dry_run:
+        pipe = store.r.pipeline(transaction=False)
+        for k in chosen:
+            pipe.hset(done_key(cfg.redis.key_prefix), k, json.dumps({"at": time.time(), "run": run_id, **total.as_dict()}))
+            pipe.hdel(requests_key(cfg.redis.key_prefix), k)
+        pipe.execute()
+    return result
+
+
+def _run_pass(cfg, bootstrap, redis_url, ranges, chosen, prog: RunProgress, *, dry_run, rescore, batch_size,
+              beam_args, progress: bool, label: str) -> None:
+    from nearline.beam_jobs import backfill_job
+
+    total = sum(r.size for r in ranges)
+    done = threading.Event()
+    bar_thread = None
+    if progress:
+        start = prog.read()
+
+        def show():
+            from tqdm import tqdm
+
+            with tqdm(total=total, desc=f"backfill {label}", unit="rec", smoothing=0.1, mininterval=0.5) as bar:
+                last = 0
+                while True:
+                    finished = done.wait(0.5)
+                    cur = prog.read()
+                    p = cur.progress - start.progress
+                    bar.update(max(0, min(total, p) - last))
+                    last = max(last, min(total, p))
+                    bar.set_postfix(written=cur.written - start.written, newer=cur.skipped_newer - start.skipped_newer,
+                                    deduped=cur.deduped - start.deduped, failed=cur.failed - start.failed, refresh=False)
+                    if finished:
+                        return
+
+        bar_thread = threading.Thread(target=show, daemon=True, name="backfill-progress")
+        bar_thread.start()
+    try:
+        backfill_job.run(cfg, bootstrap, redis_url, ranges, chosen, prog.key, dry_run=dry_run, rescore=rescore,
+                         batch_size=batch_size, beam_args=beam_args)
+    finally:
+        done.set()
+        if bar_thread:
+            bar_thread.join(timeout=5)
