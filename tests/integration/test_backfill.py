@@ -182,10 +182,12 @@ def test_rebuild_after_wipe_restores_every_embedding_bitwise(world):
     for key, h in before.items():
         etype_id = key.split(":", 1)[1]
         got = after.get(key)
-        assert got is not None, f"{key} not rebuilt"
         if b"_deleted" in h:
-            assert got == h, key  # the tombstone is restored with its version
+            # a delete writes no marker into an emptied hash (nearline.store: no older upsert of it can
+            # still be pending), so a deleted entity simply stays absent after the rebuild
+            assert got is None or got == h, key
             continue
+        assert got is not None, f"{key} not rebuilt"
         emb_before = {f: v for f, v in h.items() if not f.startswith(b"_")}
         emb_after = {f: v for f, v in got.items() if not f.startswith(b"_")}
         assert emb_after == emb_before, f"{key}: rebuilt embeddings differ bitwise"
@@ -193,8 +195,8 @@ def test_rebuild_after_wipe_restores_every_embedding_bitwise(world):
         # _v: the newest version the job processed (an irrelevant update leaves Redis behind the snapshot)
         assert int(got[b"_v"]) == live[etype_id][0] >= int(h[b"_v"]), key
         assert (b"_partial" in got) == live[etype_id][2] == (b"_partial" in h), key
-    assert set(after) == set(before)
-    assert c.written == n_live_emb and c.tombstones == sum(b"_deleted" in h for h in before.values())
+    assert set(after) == {k for k, h in before.items() if b"_deleted" not in h}
+    assert c.written == n_live_emb  # tombstones apply to nothing in an emptied Redis (no markers needed)
     assert res.passes == 1
     # the rebuilt embeddings are also onnxruntime on the final features (independent of the job)
     for model in ("member_tiny@v1", "job_tiny@v1"):
