@@ -262,7 +262,7 @@ def sparse_ranker_features(tables: dict[str, EntityTable], rows: pd.DataFrame,
 
 
 def downstream_lift(model: TwoTowerModel, data: EvalData, emb: Embeddings | None = None, task: str = "apply",
-                    folds: int = 5, seed: int = 0, rounds: int = 200) -> dict:
+                    folds: int = 5, seed: int = 0, rounds: int = 500) -> dict:
     """Cross-fitted LightGBM ranker on the held-out rows of ``task``: sparse features alone vs sparse +
     embedding features (Hadamard product h_0..h_{d-1} and the tower score). Folds split by member, so a
     member's rows are never in both the fold that trains and the one that is scored."""
@@ -296,23 +296,39 @@ def downstream_lift(model: TwoTowerModel, data: EvalData, emb: Embeddings | None
     score_only = base.assign(tower_score=ext["tower_score"])
     for variant, X in (("sparse only", base), ("sparse + tower score", score_only), ("sparse + embedding", ext)):
         oof = np.zeros(len(rows))
+        oof_shuffled = np.zeros(len(rows))
         gains = pd.Series(0.0, index=X.columns)
-        fold_aucs = []
+        fold_aucs, n_trees = [], []
+        emb_cols = [c for c in X.columns if family[c].startswith("embedding")]
+        cat_cols = [c for c in cats if c in X.columns]
         for k in range(folds):
             tr, te = fold != k, fold == k
             if y[tr].min() == y[tr].max() or y[te].min() == y[te].max():
                 continue
-            ds = lgb.Dataset(X[tr], y[tr], categorical_feature=[c for c in cats if c in X.columns], free_raw_data=False)
-            booster = lgb.train(params, ds, num_boost_round=rounds)
-            oof[te] = booster.predict(X[te])
+            # early stopping on an inner member-disjoint slice of the training folds
+            inner = tr & (fold == (k + 1) % folds)
+            fit = tr & ~inner
+            ds = lgb.Dataset(X[fit], y[fit], categorical_feature=cat_cols, free_raw_data=False)
+            dv = lgb.Dataset(X[inner], y[inner], reference=ds, categorical_feature=cat_cols)
+            booster = lgb.train(params, ds, num_boost_round=rounds, valid_sets=[dv],
+                                callbacks=[lgb.early_stopping(30, verbose=False)])
+            n_trees.append(booster.best_iteration or rounds)
+            oof[te] = booster.predict(X[te], num_iteration=booster.best_iteration)
             fold_aucs.append(auc(y[te], oof[te]))
-            gains += pd.Series(booster.feature_importance("gain"), index=booster.feature_name()).reindex(X.columns).fillna(0)
+            gains += pd.Series(booster.feature_importance("gain", iteration=booster.best_iteration),
+                               index=booster.feature_name()).reindex(X.columns).fillna(0)
+            if emb_cols:  # the embedding columns shuffled together across held-out rows
+                Xs = X[te].copy()
+                Xs[emb_cols] = Xs[emb_cols].to_numpy()[rng.permutation(int(te.sum()))]
+                oof_shuffled[te] = booster.predict(Xs, num_iteration=booster.best_iteration)
         total = gains.sum() or 1.0
         by_family = gains.groupby(pd.Series(family)).sum().reindex(sorted(set(family[c] for c in X.columns)))
         out[variant] = {"auc": auc(y, oof), "fold_auc_mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
                         "fold_auc_std": float(np.std(fold_aucs)) if fold_aucs else float("nan"),
                         "gain_share": {k: float(v / total) for k, v in by_family.items() if v > 0},
-                        "embedding_gain_share": float(sum(v for c, v in gains.items() if family[c].startswith("embedding")) / total)}
+                        "embedding_gain_share": float(sum(v for c, v in gains.items() if family[c].startswith("embedding")) / total),
+                        "embedding_permutation_drop": float(auc(y, oof) - auc(y, oof_shuffled)) if emb_cols else 0.0,
+                        "trees": float(np.mean(n_trees)) if n_trees else 0.0}
     out["tower_score_auc"] = auc(y, ext["tower_score"].to_numpy())
     out["lift"] = out["sparse + embedding"]["auc"] - out["sparse only"]["auc"]
     out["lift_tower_score"] = out["sparse + tower score"]["auc"] - out["sparse only"]["auc"]
@@ -637,14 +653,18 @@ def render_report(res: dict, out: Path) -> Path:
                "(taxonomy ids as categorical columns, same-value flags, skill overlap). *+ tower score*: also the "
                "task head's logit. *+ Hadamard + score*: also the d-dimensional Hadamard product of the two "
                "embeddings. Gain share: the embedding features' share of the ranker's total split gain.", "",
-               "| model | sparse only AUC | + tower score AUC (gain share) | + Hadamard + score AUC (gain share) | "
-               "tower score alone AUC |", "|---|---|---|---|---|"]
+               "Split gain favours continuous columns (a ranker also splits on pure-noise embeddings), so the "
+               "table also gives the AUC drop when the embedding columns are shuffled across the held-out rows: "
+               "read the gain share together with the lift and that drop.", "",
+               "| model | sparse only AUC | + tower score AUC (gain share, shuffle drop) | + Hadamard + score AUC "
+               "(gain share, shuffle drop) | tower score alone AUC |", "|---|---|---|---|---|"]
         for k in labels:
             l = res["models"][k].get("lift")
             if l:
                 cells = [f"{_f(l[v]['auc'])} ± {_f(l[v]['fold_auc_std'], 3)}" for v in ("sparse only", "sparse + tower score", "sparse + embedding")]
-                md.append(f"| {k} | {cells[0]} | {cells[1]} ({l['sparse + tower score']['embedding_gain_share']:.0%}) | "
-                          f"{cells[2]} ({l['sparse + embedding']['embedding_gain_share']:.0%}) | {_f(l['tower_score_auc'])} |")
+                ts, se = l["sparse + tower score"], l["sparse + embedding"]
+                md.append(f"| {k} | {cells[0]} | {cells[1]} ({ts['embedding_gain_share']:.0%}, {ts['embedding_permutation_drop']:+.3f}) | "
+                          f"{cells[2]} ({se['embedding_gain_share']:.0%}, {se['embedding_permutation_drop']:+.3f}) | {_f(l['tower_score_auc'])} |")
         md += ["", "(± is the std of the per-fold AUCs.)", "", "![lift](lift.png)", ""]
     md += ["## Cross-task transfer", "",
            "AUC of each task's held-out rows (row) scored through each task's head (column). Multitask: the "
@@ -748,11 +768,17 @@ def run_evaluation(target: str, baseline: str | None = None, registry_path: Path
         if not cfg_name:
             raise EvaluationError(f"{model.label} does not say which training config made it; pass --train-config")
         cfg_path = Path(cfg_name)
+    repo = Path(__file__).resolve().parent.parent
+    if not cfg_path.exists() and not cfg_path.is_absolute() and (repo / cfg_path).exists():
+        cfg_path = repo / cfg_path   # manifests name the config relative to the repository
     if not cfg_path.exists():
         raise EvaluationError(f"training config {cfg_path} not found (pass --train-config FILE)")
     cfg = TrainConfig.from_yaml(cfg_path)
     if data_dir:
         cfg.source_args = {**cfg.source_args, "data_dir": str(data_dir)}
+    elif "data_dir" in cfg.source_args and not Path(cfg.source_args["data_dir"]).exists() \
+            and (repo / cfg.source_args["data_dir"]).exists():
+        cfg.source_args = {**cfg.source_args, "data_dir": str(repo / cfg.source_args["data_dir"])}
     if max_rows_per_task:
         cfg.max_rows_per_task = max_rows_per_task
     dd = cfg.source_args.get("data_dir")
