@@ -781,6 +781,9 @@ def run_evaluation(target: str, baseline: str | None = None, registry_path: Path
         cfg.source_args = {**cfg.source_args, "data_dir": str(repo / cfg.source_args["data_dir"])}
     if max_rows_per_task:
         cfg.max_rows_per_task = max_rows_per_task
+    if model.provenance.get("split") not in (None, cfg.split):
+        raise EvaluationError(f"{model.label} was trained with split {model.provenance['split']}, the config {cfg_path} "
+                              f"says {cfg.split}: its held-out rows cannot be rebuilt (pass --train-config)")
     dd = cfg.source_args.get("data_dir")
     if dd and not Path(dd).exists():
         raise EvaluationError(f"training data {dd} not found: generate it (`nearline marketplace generate`) or pass --data-dir")

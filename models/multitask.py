@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch import nn
 
-from models.data import SOURCES, EntityTable, encode_rows
+from models.data import EntityTable, encode_rows
 from models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
 
 SIDES = ("member", "job")
@@ -491,11 +491,10 @@ class Trainer:
 
 
 def load_source(cfg: TrainConfig):
-    try:
-        fn = SOURCES[cfg.source]
-    except KeyError:
-        raise ValueError(f"unknown source {cfg.source!r}; known: {sorted(SOURCES)}") from None
-    return fn(**cfg.source_args)
+    """The config's source (a registered name or module:function, see models/sources.py), checked."""
+    from models.sources import load
+
+    return load(cfg.source, **cfg.source_args)
 
 
 def plot_history(history: list[dict], tasks: list[str], out_dir: Path) -> list[Path]:

@@ -41,7 +41,7 @@ def run_training(config_path: Path, out_dir: Path | None = None, version: str | 
         h = res.model.modules_by_name[res.model.task_modules[t.name]["head"]].lin
         heads[t.name] = {"w": h.weight.detach().squeeze(0).tolist(), "b": float(h.bias.detach())}
     provenance = {"config": str(config_path), "source": cfg.source, "seed": cfg.seed, "mode": cfg.mode,
-                  "weighting": cfg.weighting, "best_epoch": res.best["epoch"],
+                  "weighting": cfg.weighting, "split": cfg.split, "best_epoch": res.best["epoch"],
                   "val_metrics": res.best["metrics"], "test_metrics": test_metrics, "tasks": [t.name for t in cfg.tasks]}
     root = Path(packages_root) if packages_root else out_dir / "packages"
     lines, pkgs, max_diff = [], {}, {}
