@@ -75,7 +75,7 @@ def run_dataset(name: str, cfg: TrainConfig, plots: Path, tmp: Path, seeds=SEEDS
         for label, v in variants(base).items():
             t0 = time.perf_counter()
             print(f"== {name} seed {seed}: {label}", flush=True)
-            trainer = Trainer(v, tables, frames, progress=False)
+            trainer = Trainer(v, tables, frames, progress=True)
             trainer.tasks = [td for td in full if td.name in {t.name for t in v.tasks}]
             res = trainer.fit()
             test = trainer.evaluate("test")
@@ -168,15 +168,15 @@ def main():
     plots.mkdir(parents=True, exist_ok=True)
     tmp = out / ".tmp"
     tmp.mkdir(exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)   # on a shared 2-core machine more threads spin on each other's barriers
     seeds = SEEDS[:1] if args.quick else SEEDS
 
-    data = ROOT / "data" / ("results-marketplace-quick" if args.quick else "results-marketplace-6k")
+    data = ROOT / "data" / ("results-marketplace-quick" if args.quick else "results-marketplace-3k")
     if not (data / "summary.json").exists():
         from nearline.marketplace.generate import MarketplaceSpec, generate
 
         spec = MarketplaceSpec(members=1500, jobs=800, seed=11) if args.quick else \
-            MarketplaceSpec(members=6000, jobs=3000, impressions_per_member=20, inmails_per_job=4, seed=11)
+            MarketplaceSpec(members=3000, jobs=1500, impressions_per_member=20, inmails_per_job=4, seed=11)
         generate(spec, data)
     if args.render_only:
         results = json.loads((out / "results.json").read_text())
@@ -185,7 +185,7 @@ def main():
         mcfg.source_args = {"data_dir": str(data)}
         mcfg.weight_decay = 1e-5
         mcfg.split = {"kind": "random", "val_fraction": 0.1, "test_fraction": 0.2}
-        mcfg.epochs, mcfg.patience = (2, 2) if args.quick else (6, 2)
+        mcfg.epochs, mcfg.patience = (2, 2) if args.quick else (5, 2)
         results = {"marketplace": run_dataset("marketplace", mcfg, plots, tmp, seeds)}
         if not args.skip_movielens:
             lcfg = TrainConfig.from_yaml(ROOT / "models/configs/movielens.yaml")
@@ -201,7 +201,7 @@ def main():
         "smoke run). Every number is **TEST AUC at the epoch early stopping chose on the validation rows**",
         f"(mean ± std over seeds {', '.join(map(str, seeds))}; the chosen epoch of each seed is listed). Every run "
         "uses the same framework code; a single-task run is the multitask config restricted to that task and is "
-        "trained, stopped and tested on the same rows as the multitask runs of its seed. At most 6 epochs, "
+        "trained, stopped and tested on the same rows as the multitask runs of its seed. At most 5 epochs, "
         "patience 2 (short runs).", "",
         "## Synthetic job marketplace", "",
         f"{summary['members']:,} members, {summary['jobs']:,} jobs; {summary['views']:,} impressions "
