@@ -777,7 +777,7 @@ def resolve_pair(target: str, registry_path: Path) -> tuple[Path, Path]:
 
 def run_evaluation(target: str, baseline: str | None = None, registry_path: Path = Path("models/registry.yaml"),
                    out_dir: Path | None = None, config_path: Path | None = None, data_dir: Path | None = None,
-                   lift_task: str = "apply", single_epochs: int | None = None, progress: bool = True,
+                   lift_task: str | None = None, single_epochs: int | None = None, progress: bool = True,
                    max_rows_per_task: int | None = None) -> Path:
     import torch
 
@@ -819,6 +819,10 @@ def run_evaluation(target: str, baseline: str | None = None, registry_path: Path
     if dd and not Path(dd).exists():
         raise EvaluationError(f"training data {dd} not found: generate it (`nearline marketplace generate`) or pass --data-dir")
     data = EvalData.from_config(cfg)
+    if lift_task is None:
+        lift_task = "apply" if "apply" in data.tasks else next(iter(data.tasks))
+    elif lift_task not in data.tasks:
+        raise EvaluationError(f"--lift-task {lift_task}: the run's tasks are {', '.join(data.tasks)}")
     res = evaluate_models(models, data, lift_task, single_epochs, progress)
     res["value_names"] = value_names(cfg, res)
     res["seconds"] = time.perf_counter() - t0

@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="report folder (default <run>/evaluation or runs/evaluate-NAME-VERSION)")
     s.add_argument("--train-config", help="training config of the run (default: the one in its manifest)")
     s.add_argument("--data-dir", help="override the config's source data_dir")
-    s.add_argument("--lift-task", default="apply", help="task of the downstream GBDT ranker")
+    s.add_argument("--lift-task", default=None, help="task of the downstream GBDT ranker (default apply, else the first task)")
     s.add_argument("--single-task-epochs", type=int, default=None, help="epochs of the single-task references (default: the config's)")
     s.set_defaults(func=cmd_evaluate)
 

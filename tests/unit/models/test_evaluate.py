@@ -158,13 +158,15 @@ def test_evaluate_cli_on_a_trained_run_with_a_baseline(marketplace_dir, tmp_path
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (tmp_path / "nearline.yaml").write_text(yaml.safe_dump({"models": {"registry": str(tmp_path / "registry.yaml")}}))
     run = [sys.executable, "-m", "nearline.cli", "--config", str(tmp_path / "nearline.yaml")]
+    # the two versions are trained in-process (`nearline train` itself is tested in test_train_cli.py)
+    from models.train import run_training
+    from nearline.registry import Registry
+
     for version, epochs in (("v1", 1), ("v2", 2)):
         cfg["epochs"] = epochs
         (tmp_path / "train.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        out = subprocess.run(run + ["train", "--config", str(tmp_path / "train.yaml"), "--version", version,
-                                    "--out", str(tmp_path / f"run-{version}"), "--register"],
-                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert out.returncode == 0, out.stderr[-3000:]
+        run_training(tmp_path / "train.yaml", tmp_path / f"run-{version}", version, Registry(tmp_path / "registry.yaml"),
+                     progress=False)
     out = subprocess.run(run + ["evaluate", str(tmp_path / "run-v2"), "--baseline", "member_pyramid@v1",
                                 "--single-task-epochs", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
