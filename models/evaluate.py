@@ -535,7 +535,7 @@ def plot_lift(res: dict, out: Path) -> Path | None:
     lo = min(res["models"][k]["lift"]["sparse only"]["auc"] for k in labels)
     ax.set_ylim(max(0.0, lo - 0.08), 1.0)
     ax.set_xticks(xs, [k.split(" + ")[0] for k in labels], fontsize=7)
-    ax.set_title(f"GBDT ranker, {res['models'][labels[0]]['lift']['task']}: test AUC")
+    ax.set_title(f"GBDT ranker, {res['models'][labels[0]]['lift']['task']}: held-out AUC")
     ax.legend(fontsize=7)
     for ax, k in zip(axes[1:], labels):
         share = res["models"][k]["lift"]["sparse + embedding"]["gain_share"]
@@ -560,7 +560,7 @@ def plot_transfer(res: dict, out: Path) -> Path:
     mats = [(f"multitask {k.split(' + ')[0]}", r["transfer"]) for k, r in res["models"].items()]
     mats.append(("single-task models", res["single_task"]["transfer"]))
     tasks = list(res["tasks"])
-    fig, axes = plt.subplots(1, len(mats), figsize=(3.8 * len(mats), 3.4))
+    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.4))
     axes = np.atleast_1d(axes)
     for ax, (title, m) in zip(axes, mats):
         a = np.array([[m[d].get(h, np.nan) for h in tasks] for d in tasks])
@@ -573,7 +573,8 @@ def plot_transfer(res: dict, out: Path) -> Path:
         ax.set_xticks(range(len(tasks)), tasks)
         ax.set_yticks(range(len(tasks)), tasks)
         ax.set_xlabel("head (model) of task")
-        ax.set_ylabel("test rows of task")
+        if ax is axes[0]:
+            ax.set_ylabel("held-out rows of task")
         ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="AUC")
     p = out / "transfer.png"
@@ -635,8 +636,9 @@ def render_report(res: dict, out: Path) -> Path:
         md += [f"Baseline: **{labels[1]}**, evaluated on the same rows.", ""]
     md += ["Rows: " + ", ".join(f"{t} {v['rows']:,} {v['split']} rows ({v['positive_rate']:.1%} positive)"
                                 for t, v in res["tasks"].items())
-           + ". None of them was used to train the towers or to pick their epoch (test split), or, where the "
-             "run has no test split, only to pick the epoch (validation split).", "",
+           + ". " + ("Test rows: never used to train the towers or to pick their epoch." if all(v["split"] == "test" for v in res["tasks"].values())
+                     else "The run has no test split: validation rows, never trained on but used to pick the epoch "
+                          "(train with a test_fraction / test split for unbiased numbers)."), "",
            "## Held-out AUC per task", "",
            "| model | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for k in labels:
