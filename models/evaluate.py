@@ -35,8 +35,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from models.data import EntityTable, encode_rows
-from models.tower import FeatureSpec
+from .data import EntityTable, encode_rows
+from .tower import FeatureSpec
 
 SIDES = ("member", "job")
 
@@ -166,7 +166,7 @@ def _fit(a: np.ndarray, width: int, fill) -> np.ndarray:
 
 
 def auc(labels, scores) -> float:
-    from models.multitask import auc as _auc
+    from .multitask import auc as _auc
 
     return _auc(labels, scores)
 
@@ -191,7 +191,7 @@ class EvalData:
     @classmethod
     def from_config(cls, cfg, tables=None, frames=None) -> "EvalData":
         """Rebuild the run's split from its config (same seed, same rows held out)."""
-        from models.multitask import load_source, prepare_tasks
+        from .multitask import load_source, prepare_tasks
 
         if tables is None:
             tables, frames = load_source(cfg)
@@ -441,7 +441,7 @@ def train_single_task(data: EvalData, task: str, epochs: int | None = None, prog
     val), so it never sees the held-out rows the evaluation scores."""
     import torch
 
-    from models.multitask import Trainer
+    from .multitask import Trainer
 
     cfg = data.config.only(task)
     if epochs:
@@ -716,7 +716,7 @@ def value_names(cfg, res: dict) -> dict[str, str]:
     """'side.feature=id' -> the taxonomy's name of the value, where the source has names (marketplace)."""
     if cfg.source != "marketplace" or "data_dir" not in cfg.source_args:
         return {}
-    from models.data import MARKETPLACE_FEATURES
+    from .data import MARKETPLACE_FEATURES
     from nearline.marketplace.taxonomy import Taxonomies
 
     tax = Taxonomies.load(Path(cfg.source_args["data_dir"]) / "taxonomies.json")
@@ -783,7 +783,7 @@ def run_evaluation(target: str, baseline: str | None = None, registry_path: Path
                    max_rows_per_task: int | None = None) -> Path:
     import torch
 
-    from models.multitask import TrainConfig
+    from .multitask import TrainConfig
 
     t0 = time.perf_counter()
     torch.set_num_threads(1)

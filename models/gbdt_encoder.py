@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.data import EntityTable, _widedeep_data_dir, table_from_rows
-from models.sources import register_source
-from models.tower import FeatureSpec
+from .data import EntityTable, _widedeep_data_dir, table_from_rows
+from .sources import register_source
+from .tower import FeatureSpec
 
 
 class GBDTLeafEncoder:
@@ -121,10 +121,10 @@ def adult_source(path: str | None = None, buckets: int = 10, leaves: bool = Fals
 
 
 def _config(seed: int, buckets: int, leaves: bool, rows: int | None, epochs: int):
-    from models.multitask import TaskConfig, TrainConfig
+    from .multitask import TaskConfig, TrainConfig
 
     tower = {"emb_dim": 8, "widths": [32, 64], "dim": 16, "dropout": 0.1, "norm": "layer"}
-    return TrainConfig(source="models.gbdt_encoder:adult_source", source_args={"buckets": buckets, "leaves": leaves, "rows": rows},
+    return TrainConfig(source="adult", source_args={"buckets": buckets, "leaves": leaves, "rows": rows},
                        seed=seed, epochs=epochs, patience=2, split={"kind": "column"},
                        architecture={"member_tower": {"name": "person_tower", **tower},
                                      "job_tower": {"name": "target_tower", **tower}, "head": {"dim": 16}},
@@ -134,7 +134,7 @@ def _config(seed: int, buckets: int, leaves: bool, rows: int | None, epochs: int
 def run_comparison(seeds=(7, 8, 9), rows: int | None = None, epochs: int = 8, progress: bool = True) -> dict:
     import torch
 
-    from models.multitask import Trainer, auc, load_source
+    from .multitask import Trainer, auc, load_source
 
     torch.set_num_threads(1)
     variants = {"dense as quantile buckets": (10, False), "dense as GBDT leaves": (0, True),

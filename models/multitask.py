@@ -492,7 +492,7 @@ class Trainer:
 
 def load_source(cfg: TrainConfig):
     """The config's source (a registered name or module:function, see models/sources.py), checked."""
-    from models.sources import load
+    from .sources import load
 
     return load(cfg.source, **cfg.source_args)
 

@@ -232,7 +232,7 @@ def main():
     if "movielens" in results:
         md += ["## MovieLens-100k (real data), standard protocol", "",
                "User tower (age bucket, gender, occupation, zip region, user id) x movie tower (genres, decade, "
-               "movie id); the source is `models.sources:movielens_protocol_source`, the worked example of a "
+               "movie id); the source is `movielens_protocol` (models/sources.py), the worked example of a "
                "user-defined source (docs/evaluation.md). Per-user time split: each user's last 20% of ratings "
                "are test, the 10% before them validation. `rated`: each rating is a positive plus 4 sampled "
                "movies the user never rated as negatives (20% positive); `liked`: rating >= 4 among rated movies "

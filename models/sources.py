@@ -27,8 +27,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from models.data import SOURCES, EntityTable, _movielens_tables, _widedeep_data_dir
-from models.tower import FeatureSpec
+from .data import SOURCES, EntityTable, _movielens_tables, _widedeep_data_dir
+from .tower import FeatureSpec
 
 Source = Callable[..., tuple[dict[str, EntityTable], dict[str, pd.DataFrame]]]
 
@@ -155,7 +155,7 @@ def movielens_protocol_source(path: str | None = None, negatives: int = 4, seed:
 def popularity_auc(frame: pd.DataFrame) -> float:
     """AUC of the popularity baseline on a task's test rows: each movie scored by its number of positive
     train rows (the most-liked / most-rated movie first), users ignored."""
-    from models.multitask import auc
+    from .multitask import auc
 
     train, test = frame[frame.split == "train"], frame[frame.split == "test"]
     pop = train[train.label == 1].groupby("job_idx").size()
