@@ -652,7 +652,8 @@ def render_report(res: dict, out: Path) -> Path:
         md += [f"## Downstream lift: a GBDT ranker for {lt['task']}", "",
                f"LightGBM on {lt['n_rows']:,} held-out {lt['task']} rows, {lt['folds']}-fold cross-fitted by member "
                "(each row scored by a ranker that did not train on it). *Sparse only*: the standardized features "
-               "(taxonomy ids as categorical columns, same-value flags, skill overlap). *+ tower score*: also the "
+               "(single-valued taxonomy ids as categorical columns, same-value flags where both sides have the "
+               "feature, overlap and counts of bag features such as skills). *+ tower score*: also the "
                "task head's logit. *+ Hadamard + score*: also the d-dimensional Hadamard product of the two "
                "embeddings. Gain share: the embedding features' share of the ranker's total split gain.", "",
                "Split gain favours continuous columns (a ranker also splits on pure-noise embeddings), so the "
