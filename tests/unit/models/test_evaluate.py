@@ -185,5 +185,15 @@ def test_evaluate_cli_on_a_trained_run_with_a_baseline(marketplace_dir, tmp_path
     for t in ("view", "apply"):
         assert res["models"]["member_pyramid@v2 + job_pyramid@v2"]["own_auc"][t] == \
             pytest.approx(summary["test_metrics"][t]["auc"], abs=1e-4)
+    for label, r in res["models"].items():   # the same numbers for both versions, on the same rows
+        assert set(r["importance"]) == {"view", "apply"} and set(r["transfer"]) == {"view", "apply"}
+        assert r["lift"]["n_rows"] == res["tasks"]["apply"]["rows"]
     bad = subprocess.run(run + ["evaluate", "member_pyramid@v9"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not registered" in bad.stderr
+    # a config whose split differs from the one the model was trained with cannot rebuild its held-out rows
+    from models.evaluate import EvaluationError, run_evaluation
+
+    cfg["split"] = {"kind": "random", "val_fraction": 0.2}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(EvaluationError, match="trained with split"):
+        run_evaluation(str(tmp_path / "run-v2"), config_path=tmp_path / "other.yaml", progress=False)
