@@ -624,6 +624,29 @@ def _f(x, nd=4):
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{nd}f}"
 
 
+def decision_table(res: dict, cand: str, base: str, tasks: list[str]) -> list[str]:
+    """Candidate minus baseline, for the numbers a ship / no-ship decision reads first."""
+    c, b = res["models"][cand], res["models"][base]
+    rows = [(f"{t} held-out AUC", c["own_auc"].get(t), b["own_auc"].get(t)) for t in tasks]
+    if "lift" in c and "lift" in b:
+        for v in ("sparse + tower score", "sparse + embedding"):
+            rows.append((f"GBDT {c['lift']['task']} AUC, {v}", c["lift"][v]["auc"], b["lift"][v]["auc"]))
+        rows.append(("embedding gain share", c["lift"]["sparse + embedding"]["embedding_gain_share"],
+                     b["lift"]["sparse + embedding"]["embedding_gain_share"]))
+
+    def off_diag(m):
+        v = [m[d][h] for d in m for h in m[d] if h != d]
+        return float(np.mean(v)) if v else None
+
+    rows.append(("mean cross-task transfer AUC", off_diag(c["transfer"]), off_diag(b["transfer"])))
+    md = ["## Candidate vs baseline", "", f"| | {cand.split(' + ')[0]} | {base.split(' + ')[0]} | difference |",
+          "|---|---|---|---|"]
+    for name, x, y in rows:
+        d = f"{x - y:+.4f}" if x is not None and y is not None else ""
+        md.append(f"| {name} | {_f(x)} | {_f(y)} | {d} |")
+    return md + [""]
+
+
 def render_report(res: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plots = {"lift": plot_lift(res, out), "transfer": plot_transfer(res, out)}
@@ -647,6 +670,8 @@ def render_report(res: dict, out: Path) -> Path:
     if "ceiling_auc" in res["models"][labels[0]]:
         md.append("| *true affinity (ceiling)* | " + " | ".join(_f(res["models"][labels[0]]["ceiling_auc"][t]) for t in tasks) + " |")
     md.append("")
+    if len(labels) > 1:
+        md += decision_table(res, labels[0], labels[1], tasks)
     if plots["lift"]:
         lt = res["models"][labels[0]]["lift"]
         md += [f"## Downstream lift: a GBDT ranker for {lt['task']}", "",

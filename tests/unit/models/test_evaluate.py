@@ -173,7 +173,8 @@ def test_evaluate_cli_on_a_trained_run_with_a_baseline(marketplace_dir, tmp_path
     ev = tmp_path / "run-v2" / "evaluation"
     assert f"report: {ev / 'report.md'}" in out.stdout and "evaluate:" in out.stderr  # the tqdm bar
     md = (ev / "report.md").read_text()
-    for section in ("Downstream lift", "Cross-task transfer", "Feature importance", "Baseline: **member_pyramid@v1"):
+    for section in ("Downstream lift", "Cross-task transfer", "Feature importance", "Baseline: **member_pyramid@v1",
+                    "Candidate vs baseline"):
         assert section in md
     for png in ("lift.png", "transfer.png", "importance_view.png", "importance_apply.png"):
         assert (ev / png).stat().st_size > 5000
