@@ -25,7 +25,6 @@ XGBoost: native categorical splits for the taxonomy ids without one-hot encoding
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass, field
