@@ -27,7 +27,7 @@ import torch
 import yaml
 from torch import nn
 
-from nearline.models.data import SOURCES, EntityTable, encode_rows
+from nearline.models.data import EntityTable, encode_rows
 from nearline.models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
 
 SIDES = ("member", "job")
@@ -72,7 +72,10 @@ class TrainConfig:
     patience: int = 3
     """Early stopping: epochs without a better mean validation AUC."""
     split: dict = field(default_factory=lambda: {"kind": "random", "val_fraction": 0.2})
-    """{'kind': 'random', 'val_fraction': f} or {'kind': 'time', 'quantile': q} (needs a 'time' column)."""
+    """{'kind': 'random', 'val_fraction': f[, 'test_fraction': t]}, {'kind': 'time', 'quantile': q[,
+    'test_quantile': q2]} (needs a 'time' column; rows after q2 are test) or {'kind': 'column'}: the
+    source's own 'split' column (train / val / test), e.g. a per-user time split. Early stopping uses val;
+    test rows are never seen in training (models/evaluate.py and models/results.py report them)."""
     features: dict[str, dict[str, dict]] = field(default_factory=dict)
     """Per side, overrides of the source's feature specs (max_len, default_ids, kept_ids, ...)."""
     architecture: dict[str, dict] = field(default_factory=dict)
@@ -119,6 +122,7 @@ class TaskData:
     train: pd.DataFrame
     val: pd.DataFrame
     present: dict[str, set[str]]  # side -> features the task's data has
+    test: pd.DataFrame = field(default_factory=pd.DataFrame)  # held out from training and early stopping
 
 
 def unified_schema(tables: dict[str, EntityTable], cfg: TrainConfig) -> dict[str, dict[str, FeatureSpec]]:
@@ -158,14 +162,24 @@ def prepare_tasks(cfg: TrainConfig, frames: dict[str, pd.DataFrame], tables: dic
         if cfg.max_rows_per_task and len(df) > cfg.max_rows_per_task:
             df = df.sample(n=cfg.max_rows_per_task, random_state=cfg.seed)
         split = cfg.split
+        test = df.iloc[:0]
         if split.get("kind") == "time":
             cut = df["time"].quantile(split.get("quantile", 0.8))
+            if "test_quantile" in split:
+                tcut = df["time"].quantile(split["test_quantile"])
+                test, df = df[df.time > tcut], df[df.time <= tcut]
             train, val = df[df.time <= cut], df[df.time > cut]
+        elif split.get("kind") == "column":
+            if "split" not in df:
+                raise ValueError(f"task {t.name}: split kind 'column' needs a 'split' column (train/val/test) in the data")
+            train, val, test = df[df.split == "train"], df[df.split == "val"], df[df.split == "test"]
         else:
-            mask = rng.random(len(df)) < split.get("val_fraction", 0.2)
-            train, val = df[~mask], df[mask]
+            u = rng.random(len(df))
+            vf, tf = split.get("val_fraction", 0.2), split.get("test_fraction", 0.0)
+            train, val, test = df[u >= vf + tf], df[u < vf], df[(u >= vf) & (u < vf + tf)]
         present = {side: set((t.features or {}).get(side, tables[side].specs.keys())) for side in SIDES}
-        out.append(TaskData(t.name, train.reset_index(drop=True), val.reset_index(drop=True), present))
+        out.append(TaskData(t.name, train.reset_index(drop=True), val.reset_index(drop=True), present,
+                            test.reset_index(drop=True)))
     return out
 
 
@@ -376,22 +390,24 @@ class Trainer:
                 for t in cfg.tasks}
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, dict]:
+    def evaluate(self, split: str = "val") -> dict[str, dict]:
+        """AUC and log loss per task on its 'val' (early stopping) or 'test' rows."""
         self.model.eval()
         out = {}
         for td in self.tasks:
+            rows = getattr(td, split)
             logits = []
-            for s in range(0, len(td.val), 8192):
-                part = td.val.iloc[s: s + 8192]
+            for s in range(0, len(rows), 8192):
+                part = rows.iloc[s: s + 8192]
                 m = torch.from_numpy(part.member_idx.to_numpy())
                 j = torch.from_numpy(part.job_idx.to_numpy())
                 logits.append(self.model(td.name, self.store.batch("member", m, td.present["member"]),
                                          self.store.batch("job", j, td.present["job"])).numpy())
             lg = np.concatenate(logits) if logits else np.zeros(0)
-            y = td.val.label.to_numpy()
-            out[td.name] = {"auc": auc(y, lg), "logloss": log_loss(y, lg), "n_val": len(y)}
-            if "true_logit" in td.val:
-                out[td.name]["ceiling_auc"] = auc(y, td.val.true_logit.to_numpy())
+            y = rows.label.to_numpy()
+            out[td.name] = {"auc": auc(y, lg), "logloss": log_loss(y, lg), f"n_{split}": len(y)}
+            if "true_logit" in rows:
+                out[td.name]["ceiling_auc"] = auc(y, rows.true_logit.to_numpy())
         self.model.train()
         return out
 
@@ -475,11 +491,10 @@ class Trainer:
 
 
 def load_source(cfg: TrainConfig):
-    try:
-        fn = SOURCES[cfg.source]
-    except KeyError:
-        raise ValueError(f"unknown source {cfg.source!r}; known: {sorted(SOURCES)}") from None
-    return fn(**cfg.source_args)
+    """The config's source (a registered name or module:function, see models/sources.py), checked."""
+    from .sources import load
+
+    return load(cfg.source, **cfg.source_args)
 
 
 def plot_history(history: list[dict], tasks: list[str], out_dir: Path) -> list[Path]:

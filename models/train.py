@@ -30,6 +30,8 @@ def run_training(config_path: Path, out_dir: Path | None = None, version: str | 
         print(f"vocabulary of {feat}: kept {rep['n']} of {rep['distinct_values']} values per side, covering "
               f"{rep['covered']:.1%} of interactions; " + ", ".join(f"n={c['n']}: {c['densest']:.1%}" for c in rep["curve"]))
     res = trainer.fit()
+    # held-out test rows (if the split has them): the numbers to report, at the epoch early stopping chose
+    test_metrics = trainer.evaluate("test") if any(len(td.test) for td in trainer.tasks) else {}
     plots = plot_history(res.history, [t.name for t in cfg.tasks], out_dir)
 
     # export: the towers of the first task (shared towers are the same module for every task)
@@ -39,8 +41,8 @@ def run_training(config_path: Path, out_dir: Path | None = None, version: str | 
         h = res.model.modules_by_name[res.model.task_modules[t.name]["head"]].lin
         heads[t.name] = {"w": h.weight.detach().squeeze(0).tolist(), "b": float(h.bias.detach())}
     provenance = {"config": str(config_path), "source": cfg.source, "seed": cfg.seed, "mode": cfg.mode,
-                  "weighting": cfg.weighting, "best_epoch": res.best["epoch"],
-                  "val_metrics": res.best["metrics"], "tasks": [t.name for t in cfg.tasks]}
+                  "weighting": cfg.weighting, "split": cfg.split, "best_epoch": res.best["epoch"],
+                  "val_metrics": res.best["metrics"], "test_metrics": test_metrics, "tasks": [t.name for t in cfg.tasks]}
     root = Path(packages_root) if packages_root else out_dir / "packages"
     lines, pkgs, max_diff = [], {}, {}
     for side in ("member", "job"):
@@ -62,7 +64,7 @@ def run_training(config_path: Path, out_dir: Path | None = None, version: str | 
             except ValueError:
                 lines.append(f"- {pkg.resolve()}")
     summary = {"version": version, "out_dir": str(out_dir), "packages": {k: str(v) for k, v in pkgs.items()},
-               "registry_lines": lines, "registered": register is not None, "best": res.best,
+               "registry_lines": lines, "registered": register is not None, "best": res.best, "test_metrics": test_metrics,
                "sharing": res.sharing, "seconds_per_epoch": res.seconds_per_epoch,
                "parameters": sum(p.numel() for p in res.model.parameters()),
                "onnx_bytes": {k: (v / "tower.onnx").stat().st_size for k, v in pkgs.items()},

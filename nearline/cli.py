@@ -174,6 +174,8 @@ def cmd_train(args) -> int:
     for task, m in s["best"]["metrics"].items():
         extra = f"  (true-affinity ceiling {m['ceiling_auc']:.4f})" if "ceiling_auc" in m else ""
         print(f"{task:10s} val AUC {m['auc']:.4f}  log loss {m['logloss']:.4f}{extra}")
+    for task, m in s.get("test_metrics", {}).items():
+        print(f"{task:10s} TEST AUC {m['auc']:.4f}  log loss {m['logloss']:.4f}  (epoch {s['best']['epoch']}, {m['n_test']:,} rows)")
     print(f"plots: {', '.join(s['plots'])}")
     print(f"ONNX/PyTorch parity (max abs diff): {s['parity_max_abs_diff']}")
     print("registered:" if args.register else "to register this version, add these lines to " + str(reg.path) + ":")
@@ -183,6 +185,26 @@ def cmd_train(args) -> int:
 
 
 # ---- the nearline job and its consumers --------------------------------------------------------
+def cmd_evaluate(args) -> int:
+    try:
+        from nearline.models.evaluate import EvaluationError, run_evaluation
+    except ImportError as exc:
+        print(f"evaluation needs the train extra (torch, lightgbm): pip install -e '.[train]' ({exc})", file=sys.stderr)
+        return 2
+    cfg = _cfg(args)
+    try:
+        report = run_evaluation(args.target, args.baseline, cfg.path(cfg.models.registry),
+                                Path(args.out) if args.out else None,
+                                Path(args.train_config) if args.train_config else None,
+                                Path(args.data_dir) if args.data_dir else None, args.lift_task,
+                                args.single_task_epochs, progress=True)
+    except (EvaluationError, FileNotFoundError) as exc:
+        print(f"nearline evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_run(args) -> int:
     import signal
 
@@ -386,6 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--packages-root", help="where the packages go (default <out>/packages; models/packages to ship)")
     s.add_argument("--register", action="store_true", help="append the registry lines (registers the version)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a trained run or registered version: GBDT lift, cross-task transfer, feature importance")
+    s.add_argument("target", help="a run folder (from nearline train) or NAME@VERSION of a registered tower")
+    s.add_argument("--baseline", help="NAME@VERSION (or run folder) to put side by side, on the same rows")
+    s.add_argument("--out", help="report folder (default <run>/evaluation or runs/evaluate-NAME-VERSION)")
+    s.add_argument("--train-config", help="training config of the run (default: the one in its manifest)")
+    s.add_argument("--data-dir", help="override the config's source data_dir")
+    s.add_argument("--lift-task", default=None, help="task of the downstream GBDT ranker (default apply, else the first task)")
+    s.add_argument("--single-task-epochs", type=int, default=None, help="epochs of the single-task references (default: the config's)")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("run", help="run the nearline Beam streaming job (Ctrl-C stops it cleanly)")
     s.add_argument("beam_args", nargs="*", help="Beam pipeline options after --, e.g. -- --runner=FlinkRunner")
