@@ -57,6 +57,13 @@ class OffsetTracker:
         for tp, pos in offsets.items():
             self._committed[tp] = max(pos, self._committed.get(tp, -1))
 
+    def first_pending(self, tp: Hashable) -> int | None:
+        """The smallest offset read but not yet done in the partition (None if nothing is pending)."""
+        heap, pend = self._heaps.get(tp, []), self._pending.get(tp, set())
+        while heap and heap[0] not in pend:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
     def forget(self, tps) -> None:
         """Drop all knowledge of these partitions (revoked in a rebalance): their new owner re-reads from
         the committed offset, so nothing pending here may be committed by us later."""

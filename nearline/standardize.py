@@ -254,38 +254,38 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
     tracker = OffsetTracker()
     held: list = []  # (due, seq, tp, offset, key, value) delayed outputs
 
+    resume_at: dict = {}  # partition -> first offset whose output was dropped at a revoke
+
     class _Rebalance(kafka_io.ConsumerRebalanceListener):
-        """Before partitions are taken away in a rebalance, their delayed outputs are published (acked)
-        and their offsets committed, the usual Kafka pattern: dropping the outputs instead would lose
-        them whenever the consumer keeps its position for a partition it gets back (kafka-python does
-        for partitions it keeps), since the offsets would then never be read again. A commit that
-        fails here only means the new owner re-reads some records (the job drops the duplicates)."""
+        """Partitions taken away in a rebalance (or lost) are forgotten with their delayed outputs; the
+        first offset whose output was not yet published is remembered, and if the partition comes back
+        to this consumer it resumes there (kafka-python keeps the position of a partition it gets back,
+        so without the seek those records would never be read again and their outputs would be lost).
+        A partition that goes to another consumer is read from the committed offset (duplicates only,
+        dropped by version in the job). No blocking call here: kafka-python 3 runs the listener on the
+        consumer's IO thread and refuses commits from it."""
 
         def on_partitions_revoked(self, revoked):
             gone = set(revoked)
             if not gone:
                 return
-            mine = [h for h in held if h[2] in gone]
-            if mine:
-                flush = [(out_topic, key, value, tp, off) for _, _, tp, off, key, value in mine]
-                _publish_or_dead_letter(producer, codec, flush, cfg, name, stats)
-                for _, _, _, tp, off in flush:
-                    tracker.done(tp, off)
-                stats["written"] += len(flush)
-                held[:] = [h for h in held if h[2] not in gone]
-                heapq.heapify(held)
-            to_commit = {tp: off for tp, off in tracker.committable().items() if tp in gone}
-            try:
-                kafka_io.commit(consumer, to_commit, timeout_ms=5000)
-            except kafka_io.KafkaError as exc:
-                log.warning("standardize.%s: commit before the rebalance failed (%s); the new owner re-reads "
-                            "from the last commit", name, exc)
+            for tp in gone:
+                first = tracker.first_pending(tp)
+                if first is not None:
+                    resume_at[tp] = min(first, resume_at.get(tp, first))
+            n = sum(1 for h in held if h[2] in gone)
+            held[:] = [h for h in held if h[2] not in gone]
+            heapq.heapify(held)
             tracker.forget(gone)
-            log.info("standardize.%s: partitions revoked %s (%d delayed outputs flushed)", name,
-                     sorted(tp.partition for tp in gone), len(mine))
+            log.info("standardize.%s: partitions revoked %s (%d delayed outputs dropped, re-read later)", name,
+                     sorted(tp.partition for tp in gone), n)
 
         def on_partitions_assigned(self, assigned):
-            tracker.forget(assigned)  # fresh positions: from the committed offset
+            tracker.forget(assigned)  # fresh positions: from the committed offset (or resume_at, below)
+            for tp in assigned:
+                if tp in resume_at:
+                    consumer.seek(tp, resume_at.pop(tp))
+            resume_at.clear()  # partitions that went elsewhere: their new owner reads from the commit
             log.info("standardize.%s: partitions assigned %s", name, sorted(tp.partition for tp in assigned))
 
     stats = {"read": 0, "written": 0, "deletes_skipped": 0, "dead_letters": 0}
