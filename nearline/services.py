@@ -433,6 +433,10 @@ def _stop_pid(pid: int, grace_s: float = 5.0) -> None:
             except ChildProcessError:
                 pass
             if not pid_alive(pid):
+                try:
+                    os.waitpid(pid, os.WNOHANG)  # reap the zombie of our own child, if it is one
+                except ChildProcessError:
+                    pass
                 return
             time.sleep(0.05)
 
