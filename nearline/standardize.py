@@ -62,7 +62,14 @@ class AliasMatcher:
                     self.table.setdefault(key, tid)
         self.keys = list(self.table)
         self.cutoff = cutoff
-        self.match = lru_cache(maxsize=200_000)(self._match)
+        self._cached = lru_cache(maxsize=200_000)(self._match)
+
+    # Only short texts are cached: the cache is bounded in entries, and capping the key length bounds
+    # its memory too (200,000 x 256 characters), so a flood of long distinct texts cannot grow it.
+    CACHE_MAX_CHARS = 256
+
+    def match(self, text: str) -> int:
+        return self._cached(text) if len(text) <= self.CACHE_MAX_CHARS else self._match(text)
 
     def _match(self, text: str) -> int:
         key = normalize(text)

@@ -84,3 +84,13 @@ def test_limits_are_checked_before_decoding_and_before_standardizing():
     with pytest.raises(Rejected, match="bad_version"):
         standardize_message(Exploding(), c, c.encode("EntityUpdate", {**upd, "version": -5, "fields": {}}), 0)
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_the_match_cache_keeps_only_short_texts():
+    from nearline.standardize import AliasMatcher
+
+    m = AliasMatcher(["", "python", "java"], {"python": ["py"]})
+    long_text = "python " + "x" * 300
+    assert m.match("py") == 1 and m.match("py") == 1
+    m.match(long_text)
+    assert m._cached.cache_info().currsize == 1  # the long text was matched but not cached
