@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from nearline.config import Config, DataCentersConfig, ServicesConfig
-from nearline.services import LocalServices, ServiceError, _log_tail, _stop_pid, pid_alive
+from nearline.services import JVM_FLAGS, LocalServices, ServiceError, _log_tail, _stop_pid, kafka_java, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,7 @@ class MirrorMaker:
         return conf
 
     def command(self, java: str, classpath: str) -> list[str]:
-        return [java, f"-Xmx{self.HEAP}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn", "-Dorg.slf4j.simpleLogger.showDateTime=true",
-                "-cp", classpath, "org.apache.kafka.connect.mirror.MirrorMaker", str(self.write())]
+        return [java, f"-Xmx{self.HEAP}", *JVM_FLAGS, "-cp", classpath, "org.apache.kafka.connect.mirror.MirrorMaker", str(self.write())]
 
 
 def _internal_topics_ready(bootstrap: str, peers: list[str]) -> bool:
@@ -154,12 +152,7 @@ class MultiDCServices:
         return state
 
     def _start_mirrormaker(self, endpoints: dict) -> int:
-        from nearline import jars
-
-        try:
-            java, cp = jars.java_executable(), jars.kafka_classpath()
-        except jars.JarsError as exc:
-            raise ServiceError(str(exc)) from None
+        java, cp = kafka_java()
         mm = MirrorMaker(self.state_dir / "mirrormaker", {k: v["kafka_bootstrap"] for k, v in endpoints.items()},
                          [self.cfg.topics.entity_updates])
         log_path = self.state_dir / "mirrormaker" / "mirrormaker.log"

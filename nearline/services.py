@@ -76,6 +76,21 @@ def broker_command(kind: str, port: int, data_dir: Path) -> list[str]:
     raise ServiceError(f"unknown broker {kind!r} (kafka or noida)")
 
 
+# JVM flags of every local Kafka-side process (broker, MirrorMaker 2): a small machine, quiet logs
+JVM_FLAGS = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+             "-Dorg.slf4j.simpleLogger.showDateTime=true"]
+
+
+def kafka_java() -> tuple[str, str]:
+    """(java executable, Kafka classpath), or a ServiceError naming what to install or fetch."""
+    from nearline import jars
+
+    try:
+        return jars.java_executable(), jars.kafka_classpath()
+    except jars.JarsError as exc:
+        raise ServiceError(str(exc)) from None
+
+
 class KafkaBroker:
     """A single-node Apache Kafka in KRaft combined mode, its files under one folder.
 
@@ -192,9 +207,7 @@ class KafkaBroker:
     def command(self, java: str, classpath: str) -> list[str]:
         # Serial GC and a capped heap: a test broker on a 2-core machine; -Dlog4j2 keeps its own
         # logging quiet (slf4j-simple writes Kafka's log to the broker.log we capture).
-        return [java, f"-Xmx{self.HEAP}", f"-Xms64m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                "-Djava.awt.headless=true", "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-                "-Dorg.slf4j.simpleLogger.showDateTime=true",
+        return [java, f"-Xmx{self.HEAP}", "-Xms64m", *JVM_FLAGS, "-Djava.awt.headless=true",
                 "-cp", classpath, "kafka.Kafka", str(self.root / "server.properties")]
 
 
@@ -298,10 +311,7 @@ class LocalServices:
             if st.broker == "kafka":
                 from nearline import jars
 
-                try:
-                    java, cp = jars.java_executable(), jars.kafka_classpath()
-                except jars.JarsError as exc:
-                    raise ServiceError(str(exc)) from None
+                java, cp = kafka_java()
                 cport = self.cfg.services.kafka_controller_port or free_port()
                 if port_open("127.0.0.1", cport):
                     raise ServiceError(f"port {cport} is taken by another process; set services.kafka_controller_port (0 = any free port)")
