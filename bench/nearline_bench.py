@@ -212,7 +212,7 @@ class Bench:
         print(f"[1] backlog: producing {a.backlog} entity updates and standardizing them ...", flush=True)
         self.produce(cfg.topics.entity_updates, a.backlog)
         for p in PROCS:
-            self.wait_zero_lag(f"standardizer-{p}", [cfg.topics.entity_updates])
+            self.wait_zero_lag(cfg.standardizers.group(p), [cfg.topics.entity_updates])
         n_inputs = a.backlog * (1 + len(PROCS))
 
         # the Beam job over the backlog

@@ -214,6 +214,14 @@ class StandardizersConfig:
     """Directory with taxonomies.json written by `nearline marketplace generate`."""
     delays: dict[str, ProcessorConfig] = field(default_factory=dict)
     """Per-processor delay/jitter, e.g. {skills: {delay_ms: 50, jitter_ms: 200}}."""
+    group_prefix: str = "standardizer-"
+    """Consumer group of processor P is '<group_prefix>P'. Two deployments (or test runs) sharing one
+    Kafka cluster need different prefixes: a member of another deployment's group, subscribed to other
+    topics, would otherwise take part in (and stall) this one's rebalances."""
+
+    def group(self, processor: str) -> str:
+        """The consumer group id of one processor."""
+        return f"{self.group_prefix}{processor}"
 
 
 @dataclass

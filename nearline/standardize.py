@@ -253,7 +253,7 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
     jitter_s = (delay.jitter_ms / 1000.0) if delay else 0.0
     rnd = random.Random(hash(name) & 0xFFFF)
     out_topic = cfg.standardized_topic(name)
-    consumer = kafka_io.make_consumer(bootstrap, f"standardizer-{name}",
+    consumer = kafka_io.make_consumer(bootstrap, cfg.standardizers.group(name),
                                       session_timeout_ms=cfg.kafka.session_timeout_ms,
                                       heartbeat_interval_ms=cfg.kafka.heartbeat_interval_ms,
                                       max_poll_records=500)
@@ -296,6 +296,15 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
             log.info("standardize.%s: partitions assigned %s", name, sorted(tp.partition for tp in assigned))
 
     stats = {"read": 0, "written": 0, "deletes_skipped": 0, "dead_letters": 0}
+    # Join the group only once the broker's metadata lists the input partitions: a member that joins
+    # before a just-created topic's partitions are known is assigned nothing, and kafka-python notices
+    # the new partitions only at its next metadata refresh (metadata.max.age.ms, 5 min by default).
+    for topic in cfg.update_topics():
+        try:
+            kafka_io.partitions_of(consumer, topic, timeout_s=15.0)
+        except kafka_io.KafkaError:
+            log.warning("standardize.%s: topic %s lists no partitions yet; subscribing anyway (its partitions "
+                        "are picked up at the next metadata refresh)", name, topic)
     consumer.subscribe(cfg.update_topics(), listener=_Rebalance())
     commit_failures = 0
     seq = 0

@@ -79,6 +79,7 @@ def isolated_config(bootstrap: str, redis_url: str, suffix: str, **overrides) ->
                          embeddings=f"{t.embeddings}-{suffix}", dead_letter=f"{t.dead_letter}-{suffix}",
                           feature_snapshot=f"{t.feature_snapshot}-{suffix}")
     cfg.kafka.consumer_group = f"nearline-{suffix}"
+    cfg.standardizers.group_prefix = f"standardizer-{suffix}-"
     cfg.redis.key_prefix = f"emb-{suffix}"
     for k, v in overrides.items():
         setattr(cfg, k, v)

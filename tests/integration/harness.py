@@ -57,6 +57,7 @@ class Harness:
             "job": {"metrics_port": 0, "log_every_s": 2, "registry_poll_s": 0.5, "poll_timeout_ms": 50,
                     "backfill_on_register": self.backfill_on_register},
             "standardizers": {"taxonomy_dir": str(self.marketplace_dir),
+                              "group_prefix": self.cfg.standardizers.group_prefix,
                               "delays": {"skills": {"delay_ms": 5, "jitter_ms": 40}, "geo": {"jitter_ms": 20}}},
             "models": {"registry": str(self.registry)},
         }
@@ -143,7 +144,7 @@ class Harness:
         """Until every standardizer and the job have committed everything there is to read."""
         deadline = time.monotonic() + timeout
         while True:
-            lags = {p: self.lag(f"standardizer-{p}", self.cfg.update_topics()) for p in processors}
+            lags = {p: self.lag(self.cfg.standardizers.group(p), self.cfg.update_topics()) for p in processors}
             lags["job"] = self.lag(self.cfg.kafka.consumer_group, self.cfg.input_topics())
             if not any(lags.values()):
                 return

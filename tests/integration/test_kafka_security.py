@@ -83,7 +83,7 @@ def test_cli_and_standardizer_processes_use_the_configured_security(secure_broke
                       "sasl_username": kc.sasl_username, "ssl_cafile": kc.ssl_cafile},
             "redis": {"url": "redis://unused:1/0"},
             "topics": {"entity_updates": f"upd-{unique}", "standardized_prefix": f"std-{unique}."},
-            "standardizers": {"taxonomy_dir": str(marketplace_dir)}}
+            "standardizers": {"taxonomy_dir": str(marketplace_dir), "group_prefix": f"standardizer-{unique}-"}}
     path = tmp_path / "nearline.yaml"
     path.write_text(yaml.safe_dump(conf))
     env = {"NEARLINE_KAFKA_SASL_PASSWORD": kc.sasl_password, "PATH": "/usr/bin:/bin"}
@@ -108,7 +108,7 @@ def test_cli_and_standardizer_processes_use_the_configured_security(secure_broke
         c.close()
         codec = Codec()
         assert len(got) >= 40 and all(codec.decode(m.value)["processor"] == "title" for m in got)
-        committed = kafka_io.group_lag(bootstrap, "standardizer-title", [f"upd-{unique}"], 4)
+        committed = kafka_io.group_lag(bootstrap, f"standardizer-{unique}-title", [f"upd-{unique}"], 4)
         assert committed == 0  # the standardizer committed all it read, over SASL_SSL
     finally:
         kafka_io.configure_security(KafkaConfig())

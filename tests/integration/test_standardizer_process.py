@@ -44,7 +44,7 @@ topics: {{entity_updates: {cfg.topics.entity_updates}, standardized_prefix: "{cf
           dead_letter: {cfg.topics.dead_letter}, embeddings: {cfg.topics.embeddings}}}
 kafka: {{bootstrap: "{kafka_bootstrap}"}}
 redis: {{url: "redis://unused:1/0"}}
-standardizers: {{taxonomy_dir: "{marketplace_dir}", delays: {{title: {{delay_ms: 20, jitter_ms: 50}}}}}}
+standardizers: {{group_prefix: "{cfg.standardizers.group_prefix}", taxonomy_dir: "{marketplace_dir}", delays: {{title: {{delay_ms: 20, jitter_ms: 50}}}}}}
 """)
     out = subprocess.run([sys.executable, "-m", "nearline.cli", "--config", str(cfg_file), "standardize",
                           "--processor", "title", "--idle-exit", "3"], capture_output=True, text=True, timeout=120)
@@ -59,7 +59,7 @@ standardizers: {{taxonomy_dir: "{marketplace_dir}", delays: {{title: {{delay_ms:
     dl = codec.decode(dls[0].value, expect="DeadLetter")
     assert dl["original"] == b"\x00garbage" and dl["stage"] == "standardize.title" and "Avro" in dl["error"]
     # everything was committed after being acknowledged: the group has no lag
-    c = kafka_io.make_consumer(kafka_bootstrap, "standardizer-title")
+    c = kafka_io.make_consumer(kafka_bootstrap, cfg.standardizers.group("title"))
     tps = [TopicPartition(cfg.topics.entity_updates, p) for p in kafka_io.partitions_of(c, cfg.topics.entity_updates)]
     committed = sum(c.committed(tp) or 0 for tp in tps)
     assert committed == len(events) + 1
@@ -96,7 +96,7 @@ topics: {{entity_updates: {cfg.topics.entity_updates}, standardized_prefix: "{cf
           dead_letter: {cfg.topics.dead_letter}, embeddings: {cfg.topics.embeddings}}}
 kafka: {{bootstrap: "{kafka_bootstrap}"}}
 redis: {{url: "redis://unused:1/0"}}
-standardizers: {{taxonomy_dir: "{marketplace_dir}"}}
+standardizers: {{group_prefix: "{cfg.standardizers.group_prefix}", taxonomy_dir: "{marketplace_dir}"}}
 """)
     out = subprocess.run([sys.executable, "-m", "nearline.cli", "--config", str(cfg_file), "standardize",
                           "--processor", "skills", "--idle-exit", "3"], capture_output=True, text=True, timeout=120)
@@ -107,7 +107,7 @@ standardizers: {{taxonomy_dir: "{marketplace_dir}"}}
     [dl] = [codec.decode(m.value, expect="DeadLetter") for m in _read_all(kafka_bootstrap, cfg.topics.dead_letter, 2, 10)]
     assert dl["error"].startswith("oversize: ") and "truncated" in dl["error"]
     assert dl["original"] == huge[: len(dl["original"])] and len(dl["original"]) == cfg.limits.dead_letter_original_bytes
-    c = kafka_io.make_consumer(kafka_bootstrap, "standardizer-skills")
+    c = kafka_io.make_consumer(kafka_bootstrap, cfg.standardizers.group("skills"))
     tps = [TopicPartition(cfg.topics.entity_updates, p) for p in kafka_io.partitions_of(c, cfg.topics.entity_updates)]
     assert sum(c.committed(tp) or 0 for tp in tps) == len(events) + 1  # everything committed, the huge one too
     c.close()
