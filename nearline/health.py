@@ -49,26 +49,13 @@ def kafka_problem(bootstrap: str, timeout_s: float = 3.0) -> str | None:
 
 
 def _kafka_probe(bootstrap: str, timeout_s: float) -> str | None:
-    from kafka import KafkaAdminClient
+    from nearline.kafka_io import list_topics
 
-    from nearline.kafka_io import _with_security
-
-    ms = int(timeout_s * 1000)
     try:
-        admin = KafkaAdminClient(**_with_security(dict(bootstrap_servers=bootstrap, request_timeout_ms=ms,
-                                                       bootstrap_timeout_ms=ms, client_id="nearline-health")))
-    except Exception as exc:
-        return _why(exc)
-    try:
-        admin.list_topics()
+        list_topics(bootstrap, timeout_s, secure=True, client_id="nearline-health")
         return None
     except Exception as exc:
         return _why(exc)
-    finally:
-        try:
-            admin.close()
-        except Exception:
-            pass
 
 
 def redis_problem(url: str, timeout_s: float = 2.0) -> str | None:

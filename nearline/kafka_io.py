@@ -49,6 +49,25 @@ def configure_security(kafka_cfg) -> None:
 def _with_security(kw: dict) -> dict:
     return {**_SECURITY, **kw}
 
+def list_topics(bootstrap: str, timeout_s: float = 2.0, *, secure: bool, client_id: str = "nearline-probe") -> set[str]:
+    """The topic names a broker lists: one metadata round trip, for probes (an open port is not enough:
+    Kafka listens before its controller has elected itself). ``secure`` applies the configured TLS/SASL
+    settings (a production cluster); False talks plaintext (the brokers `nearline services` starts).
+    Raises whatever the client raises when the broker does not answer within ``timeout_s``."""
+    from kafka import KafkaAdminClient
+
+    ms = int(timeout_s * 1000)
+    kw = dict(bootstrap_servers=bootstrap, request_timeout_ms=ms, bootstrap_timeout_ms=ms, client_id=client_id)
+    admin = KafkaAdminClient(**(_with_security(kw) if secure else kw))
+    try:
+        return set(admin.list_topics())
+    finally:
+        try:
+            admin.close()
+        except Exception:  # closing a client whose broker vanished must not hide the answer
+            pass
+
+
 __all__ = ["TopicPartition", "ConsumerRebalanceListener", "ensure_topics", "make_producer", "make_consumer", "commit", "KafkaError"]
 
 

@@ -86,19 +86,13 @@ class MirrorMaker:
 def _internal_topics_ready(bootstrap: str, peers: list[str]) -> bool:
     """MirrorMaker 2 creates 'mm2-status.<source>.internal' on a target cluster once its herder for that
     flow is up: seeing it on every target means every flow is running."""
-    from kafka import KafkaAdminClient
+    from nearline.kafka_io import list_topics
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000, bootstrap_timeout_ms=2000)
+        topics = list_topics(bootstrap, 2.0, secure=False)
     except Exception:
         return False
-    try:
-        topics = set(admin.list_topics())
-        return all(f"mm2-status.{p}.internal" in topics for p in peers)
-    except Exception:
-        return False
-    finally:
-        admin.close()
+    return all(f"mm2-status.{p}.internal" in topics for p in peers)
 
 
 class MultiDCServices:

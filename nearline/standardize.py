@@ -22,6 +22,7 @@ from pathlib import Path
 from nearline.codec import Codec, CodecError
 from nearline.config import Config
 from nearline.deadletter import encode_dead_letter, reference_only
+from nearline.group_watchdog import GroupStallWatchdog
 from nearline.delivery import send_acknowledged
 from nearline.lifecycle import STOP, StopRequested, retry_until_done
 from nearline.marketplace.generate import ABBREV
@@ -253,10 +254,14 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
     jitter_s = (delay.jitter_ms / 1000.0) if delay else 0.0
     rnd = random.Random(hash(name) & 0xFFFF)
     out_topic = cfg.standardized_topic(name)
-    consumer = kafka_io.make_consumer(bootstrap, cfg.standardizers.group(name),
+
+    def new_consumer():
+        return kafka_io.make_consumer(bootstrap, cfg.standardizers.group(name),
                                       session_timeout_ms=cfg.kafka.session_timeout_ms,
                                       heartbeat_interval_ms=cfg.kafka.heartbeat_interval_ms,
                                       max_poll_records=500)
+
+    consumer = new_consumer()
     producer = kafka_io.make_producer(bootstrap, cfg.kafka.producer_linger_ms)
     tracker = OffsetTracker()
     held: list = []  # (due, seq, tp, offset, key, value) delayed outputs
@@ -295,17 +300,29 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
             resume_at.clear()  # partitions that went elsewhere: their new owner reads from the commit
             log.info("standardize.%s: partitions assigned %s", name, sorted(tp.partition for tp in assigned))
 
-    stats = {"read": 0, "written": 0, "deletes_skipped": 0, "dead_letters": 0}
-    # Join the group only once the broker's metadata lists the input partitions: a member that joins
-    # before a just-created topic's partitions are known is assigned nothing, and kafka-python notices
-    # the new partitions only at its next metadata refresh (metadata.max.age.ms, 5 min by default).
-    for topic in cfg.update_topics():
+    def join_group():
+        # Join only once the broker lists the input partitions (asked with a group-less consumer, so the
+        # member's own metadata is untouched): a member that joins before a just-created topic's
+        # partitions are known is assigned nothing until its next metadata refresh (5 min by default).
+        probe = kafka_io.make_consumer(bootstrap, None)
         try:
-            kafka_io.partitions_of(consumer, topic, timeout_s=15.0)
-        except kafka_io.KafkaError:
-            log.warning("standardize.%s: topic %s lists no partitions yet; subscribing anyway (its partitions "
-                        "are picked up at the next metadata refresh)", name, topic)
-    consumer.subscribe(cfg.update_topics(), listener=_Rebalance())
+            for topic in cfg.update_topics():
+                try:
+                    kafka_io.partitions_of(probe, topic, timeout_s=15.0)
+                except kafka_io.KafkaError:
+                    log.warning("standardize.%s: topic %s lists no partitions yet; subscribing anyway", name, topic)
+        finally:
+            probe.close()
+        consumer.subscribe(cfg.update_topics(), listener=_Rebalance())
+
+    def group_offset_totals() -> tuple[int, int]:
+        tps = [kafka_io.TopicPartition(t, p) for t in cfg.update_topics() for p in kafka_io.partitions_of(consumer, t)]
+        ends = kafka_io.end_offsets(consumer, tps, attempts=2, timeout_ms=5000)
+        return sum(ends.values()), sum(consumer.committed(tp, timeout_ms=5000) or 0 for tp in tps)
+
+    stats = {"read": 0, "written": 0, "deletes_skipped": 0, "dead_letters": 0}
+    join_group()
+    watchdog = GroupStallWatchdog(cfg.standardizers.rejoin_stall_s)
     commit_failures = 0
     seq = 0
     stopping = stop if stop is not None else []
@@ -347,8 +364,23 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
                     due = now + delay_s + (rnd.random() * jitter_s if jitter_s else 0.0)
                     heapq.heappush(held, (due, seq, tp, m.offset, res[0].encode(), res[1]))
                     seq += 1
-            if batch or not consumer.assignment():
+            assigned = bool(consumer.assignment())
+            if batch or not assigned:
                 last_input = now  # idle time counts only once the group has given us partitions
+            try:
+                stalled = watchdog.observe(now, assigned or bool(held), group_offset_totals)
+            except kafka_io.KafkaError as exc:  # the broker is away: nothing to decide now
+                log.debug("standardize.%s: group progress unknown (%s)", name, exc)
+                stalled = False
+            if stalled:
+                log.warning("standardize.%s: no partitions for %.0fs while the group makes no progress; "
+                            "joining again with a new consumer", name, now - watchdog.unassigned_since)
+                watchdog.reset()
+                consumer.close(autocommit=False, timeout_ms=5000)  # holds no partitions: nothing pending to lose
+                consumer = new_consumer()
+                join_group()
+                stats["group_rejoins"] = stats.get("group_rejoins", 0) + 1
+                continue
             while held and held[0][0] <= now:
                 _, _, tp, off, key, value = heapq.heappop(held)
                 sends.append((out_topic, key, value, tp, off))
