@@ -219,7 +219,7 @@ class StandardizersConfig:
     Kafka cluster need different prefixes: a member of another deployment's group, subscribed to other
     topics, would otherwise take part in (and stall) this one's rebalances."""
 
-    rejoin_stall_s: float = 20.0
+    rejoin_stall_s: float = 10.0
     """A processor without partitions for this long, while its group's committed offsets do not move and
     input is waiting, replaces its consumer and joins again (nearline/group_watchdog.py: a guard against
     group joins that kafka-python leaves stuck). Recovery takes about twice this."""

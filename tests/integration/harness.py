@@ -53,7 +53,9 @@ class Harness:
                        "feature_snapshot": t.feature_snapshot},
             "kafka": {"bootstrap": self.cfg.kafka.bootstrap, "consumer_group": self.cfg.kafka.consumer_group},
             "redis": {"url": self.cfg.redis.url, "key_prefix": self.cfg.redis.key_prefix},
-            "join": {"timeout_s": self.join_timeout_s},
+            # replay_timeout_s above a standardizer's worst recovery from a stuck group join (about
+            # 2 x standardizers.rejoin_stall_s, nearline/group_watchdog.py) plus its start-up
+            "join": {"timeout_s": self.join_timeout_s, "replay_timeout_s": 40.0},
             "job": {"metrics_port": 0, "log_every_s": 2, "registry_poll_s": 0.5, "poll_timeout_ms": 50,
                     "backfill_on_register": self.backfill_on_register},
             "standardizers": {"taxonomy_dir": str(self.marketplace_dir),
