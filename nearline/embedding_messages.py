@@ -122,7 +122,9 @@ class EmbeddingMessage:
 
     @property
     def entity(self) -> tuple[str, str] | None:
-        if self.record is not None and "entity_type" in self.record and self.kind != "retired":
+        if self.kind == "retired":
+            return None
+        if self.record is not None:
             return self.record["entity_type"], self.record["entity_id"]
         if self.key and ":" in self.key:
             t, _, i = self.key.partition(":")
