@@ -197,6 +197,7 @@ def test_sigkill_mid_stream_and_restart(tmp_path, kafka_bootstrap, redis_url, ma
     msgs = h.topic_records(cfg.topics.embeddings)
     published = {(f"{m['entity_type']}:{m['entity_id']}", m["version"]) for m in msgs}
     _assert_final_versions_published(h, published)
+    assert _assert_latest_message_is_the_redis_state(h, msgs) > 300  # replays publish again, never regress
 
 
 def test_join_timeout_scores_with_declared_defaults_and_flags_partial(tmp_path, kafka_bootstrap, redis_url,
