@@ -183,3 +183,36 @@ def test_fresh_consumers_of_the_compacted_topic_rebuild_redis(tmp_path, kafka_bo
     for name, view in views.items():
         assert not set(deleted) & set(view), name
         assert len(view) == len(redis), (name, len(view), len(redis))
+
+
+def topic_config(bootstrap, topic, names):
+    from nearline.snapshot import _find_value
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {n: None for n in names})],
+                                     config_filter="all")
+    finally:
+        admin.close()
+    return {n: _find_value(res, n) for n in names}
+
+
+@pytest.mark.parametrize("pre_existing", [False, True])
+def test_embedding_topic_is_created_compacted_or_switched(kafka_bootstrap, redis_url, unique, pre_existing):
+    from nearline.embedding_messages import ensure_embedding_topic
+
+    cfg = isolated_config(kafka_bootstrap, redis_url, unique)
+    cfg.topics.embeddings_delete_retention_ms, cfg.topics.embeddings_min_compaction_lag_ms = 123_000, 4_000
+    if pre_existing:  # e.g. created by an older version with the broker's default delete policy
+        kafka_io.ensure_topics(kafka_bootstrap, [cfg.topics.embeddings], cfg.topics.partitions)
+        assert cleanup_policy(kafka_bootstrap, cfg.topics.embeddings) == "delete"
+    assert ensure_embedding_topic(kafka_bootstrap, cfg) is (not pre_existing)
+    deadline = time.monotonic() + 20  # an altered config reaches DescribeConfigs within moments
+    while True:
+        got = topic_config(kafka_bootstrap, cfg.topics.embeddings,
+                           ["cleanup.policy", "delete.retention.ms", "min.compaction.lag.ms"])
+        if got["cleanup.policy"] == "compact" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert got == {"cleanup.policy": "compact", "delete.retention.ms": "123000", "min.compaction.lag.ms": "4000"}
+    assert ensure_embedding_topic(kafka_bootstrap, cfg) is False  # idempotent
