@@ -161,19 +161,8 @@ class Harness:
         """Every record of the topic, decoded, in partition then offset order. A null-value record (an
         embedding topic tombstone) is ``{"tombstone": True, "deleted": True, "key", "entity_type",
         "entity_id", "version" (its header), "partial": False, "embeddings": []}``."""
-        c = kafka_io.make_consumer(self.cfg.kafka.bootstrap, None)
-        tps = [TopicPartition(topic, p) for p in range(self.cfg.topics.partitions)]
-        c.assign(tps)
-        c.seek_to_beginning()
-        ends = kafka_io.end_offsets(c, tps)
-        out = []
-        deadline = time.monotonic() + 30
-        while any(c.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for msgs in c.poll(200).values():
-                out += [self.codec.decode(m.value) if m.value is not None else _tombstone_view(m, self.codec)
-                        for m in msgs]
-        c.close()
-        return out
+        return [self.codec.decode(m.value) if m.value is not None else _tombstone_view(m, self.codec)
+                for m in raw_records(self.cfg, topic)]
 
     def final_state(self) -> dict[str, dict | None]:
         """entity key -> last raw fields (None if deleted), from the events streamed."""
@@ -217,3 +206,20 @@ def _tombstone_view(m, codec) -> dict:
     etype, eid = msg.entity or (None, None)
     return {"tombstone": True, "deleted": True, "key": msg.key, "entity_type": etype, "entity_id": eid,
             "version": msg.version, "partial": False, "embeddings": []}
+
+
+def raw_records(cfg: Config, topic: str, timeout_s: float = 30.0) -> list:
+    """Every record of the topic as kafka-python ConsumerRecords (key, value: None for a tombstone,
+    headers), in partition then offset order."""
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
+    tps = [TopicPartition(topic, p) for p in range(cfg.topics.partitions)]
+    c.assign(tps)
+    c.seek_to_beginning()
+    ends = kafka_io.end_offsets(c, tps)
+    out = []
+    deadline = time.monotonic() + timeout_s
+    while any(c.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+        for msgs in c.poll(200).values():
+            out += msgs
+    c.close()
+    return sorted(out, key=lambda r: (r.partition, r.offset))

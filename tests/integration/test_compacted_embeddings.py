@@ -18,7 +18,7 @@ from nearline.snapshot import cleanup_policy
 from nearline.store import META_FIELDS
 from tests.conftest import isolated_config
 from tests.helpers import FEATURES, make_package
-from tests.integration.harness import Harness
+from tests.integration.harness import Harness, raw_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,19 +28,7 @@ CODEC = Codec()
 
 def read_topic(cfg) -> list:
     """Every record of the embedding topic (kafka-python ConsumerRecords), partition by partition."""
-    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
-    tps = [kafka_io.TopicPartition(cfg.topics.embeddings, p) for p in range(cfg.topics.partitions)]
-    c.assign(tps)
-    c.seek_to_beginning()
-    ends = kafka_io.end_offsets(c, tps)
-    out = []
-    deadline = time.monotonic() + 60
-    while any(c.position(tp) < ends[tp] for tp in tps):
-        assert time.monotonic() < deadline, "could not read the embedding topic to its end"
-        for msgs in c.poll(200).values():
-            out += msgs
-    c.close()
-    return sorted(out, key=lambda r: (r.partition, r.offset))
+    return raw_records(cfg, cfg.topics.embeddings, timeout_s=60)
 
 
 def latest_value_view(records) -> dict[str, tuple[int, dict[str, bytes]]]:

@@ -10,7 +10,7 @@ from nearline.join import Deleted, Joined, RawRef, ReplayTimeout
 from nearline.pipeline import PublishStage, WorkBatch
 from nearline.store import RedisEmbeddingStore
 from tests.conftest import isolated_config
-from tests.integration.harness import Harness
+from tests.integration.harness import Harness, raw_records
 
 pytestmark = pytest.mark.integration
 
@@ -75,20 +75,6 @@ def test_tombstones_and_replay_timeouts(stage, kafka_bootstrap):
     assert [d.raw.offset for d in wb.dead_letters] == [12] and "member:e version 3" in wb.dead_letters[0].error
 
 
-def raw_records(cfg):
-    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
-    tps = [kafka_io.TopicPartition(cfg.topics.embeddings, p) for p in range(cfg.topics.partitions)]
-    c.assign(tps)
-    c.seek_to_beginning()
-    ends = kafka_io.end_offsets(c, tps)
-    out = []
-    while any(c.position(tp) < ends[tp] for tp in tps):
-        for msgs in c.poll(200).values():
-            out += msgs
-    c.close()
-    return out
-
-
 def test_every_message_carries_the_full_state_and_marks_what_changed(stage, kafka_bootstrap):
     st, store, cfg = stage
     st.run(WorkBatch(0, joined=[joined("f", 1)], embeddings=[{"a@v1": vec(1), "b@v1": vec(2)}]))
@@ -108,7 +94,7 @@ def test_every_message_carries_the_full_state_and_marks_what_changed(stage, kafk
     stored = {k: v for k, v in store.get("member", "f").items() if not k.startswith("_")}
     assert stored == {k: v for k, (v, _) in entries[-1].items()}  # the latest message == Redis's hash
     # the version header on every message, and the value is the Avro record
-    assert [dict(r.headers)["version"] for r in raw_records(cfg)] == [b"1", b"2", b"3"]
+    assert [dict(r.headers)["version"] for r in raw_records(cfg, cfg.topics.embeddings)] == [b"1", b"2", b"3"]
 
 
 def test_a_delete_is_a_null_value_with_its_version_header(stage, kafka_bootstrap):
@@ -116,7 +102,7 @@ def test_a_delete_is_a_null_value_with_its_version_header(stage, kafka_bootstrap
     st.run(WorkBatch(0, joined=[joined("g", 1)], embeddings=[{"a@v1": vec(1)}]))
     st.run(WorkBatch(0, deleted=[Deleted("member:g", "member", "g", 5, [])]))
     st.run(WorkBatch(0, deleted=[Deleted("member:never", "member", "never", 1, [])]))  # unknown: nothing sent
-    recs = raw_records(cfg)
+    recs = raw_records(cfg, cfg.topics.embeddings)
     assert [(r.key, r.value is None, dict(r.headers)["version"]) for r in recs] == \
         [(b"member:g", False, b"1"), (b"member:g", True, b"5")]
     # an upsert after the delete starts from an empty state
