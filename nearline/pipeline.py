@@ -257,7 +257,7 @@ class PublishStage:
         view = {k: [sv, sp, sf] for k, (sv, sp, sf) in zip(keys, self.store.read(keys, [sorted(fields[k]) for k in keys]))}
         now_ms = int(time.time() * 1000)
         upserts, deletes, sends, latencies = [], [], [], []
-        owners: list[tuple[str, int]] = []  # per send: ("up"|"del", index in upserts/deletes)
+        owners: list[tuple[str, int | None]] = []  # per send: ("up"|"del", index in upserts/deletes or None)
         n_dedup = n_written = n_stale = n_unknown_deletes = 0
         # the feature snapshot (nearline/snapshot.py): every non-stale version's features, deduped or not,
         # so a backfill scores exactly the version Redis holds; sent with the batch, before the commit
@@ -286,9 +286,16 @@ class PublishStage:
         for dl in wb.deleted:
             cur = view[(dl.entity_type, dl.entity_id)]
             if cur[0] is None:
-                # Redis holds nothing for it: no marker, no tombstone (no older upsert of it can be
-                # pending: its upserts share this partition and come in version order)
+                # Redis holds nothing for it: no marker (no older upsert of it can be pending: its
+                # upserts share this partition and come in version order), but the tombstones still go
+                # out: a message of it may be on the topics without having reached Redis (a crash
+                # between the Kafka and the Redis write, then a replay that joined only the delete),
+                # and the newest record per key must say "absent" like Redis does
                 n_unknown_deletes += 1
+                if snap_topic:
+                    snapshots.append(tombstone_send(snap_topic, dl.key, dl.version))
+                sends.append(embedding_tombstone_send(self.cfg.topics.embeddings, dl.key, dl.version))
+                owners.append(("del", None))
                 continue
             if dl.version < cur[0]:
                 n_stale += 1
@@ -368,7 +375,8 @@ class PublishStage:
                 continue
             if i < len(owners):
                 kind, idx = owners[i]
-                (upserts if kind == "up" else deletes)[idx] = None
+                if idx is not None:  # None: a tombstone with no Redis write behind it
+                    (upserts if kind == "up" else deletes)[idx] = None
                 n_refused += 1
                 d = DeadLetterOut(RawRef(t, -1, -1, k, b""), "nearline.publish",
                                   f"publish_refused: {t} refused the {len(v or b'')}-byte record ({exc}); not written to Redis either",

@@ -21,7 +21,7 @@ SHIPPED = [str(REPO_ROOT / "models/packages/member_pyramid/v1"), str(REPO_ROOT /
 def _assert_final_versions_published(h: Harness, published: set) -> None:
     for key, fields in h.final_state().items():
         stored = h.stored(key)
-        if not stored:  # a delete of an entity Redis never held leaves no marker and no tombstone (issue 13)
+        if not stored:  # a delete of an entity Redis never held leaves no marker, only a tombstone (issue 13)
             assert fields is None, f"{key} is live but Redis holds nothing for it"
             continue
         v = int(stored["_v"])
