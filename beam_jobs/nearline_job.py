@@ -108,6 +108,9 @@ class PublishEmbeddingsFn(beam.DoFn):
 
         kafka_io.configure_security(self.cfg.kafka)  # this DoFn may run in another process (Flink workers)
         ensure_snapshot_topic(self.bootstrap, self.cfg)  # log-compacted; auto-creation would not compact it
+        from nearline.embedding_messages import ensure_embedding_topic
+
+        ensure_embedding_topic(self.bootstrap, self.cfg)  # log-compacted too (full state + null tombstones)
         self.producer = kafka_io.make_producer(self.bootstrap, self.cfg.kafka.producer_linger_ms)
         self.stage = PublishStage(self.cfg, RedisEmbeddingStore(self.redis_url, self.cfg.redis.key_prefix), self.producer)
 

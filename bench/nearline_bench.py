@@ -147,7 +147,7 @@ class Bench:
             out = []
             while any(c.position(tp) < ends[tp] for tp in tps):
                 for msgs in c.poll(200).values():
-                    out += [self.codec.decode(m.value) for m in msgs]
+                    out += [self.codec.decode(m.value) for m in msgs if m.value is not None]  # not tombstones
             c.close()
             return out
         last_std = {}

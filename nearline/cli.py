@@ -232,6 +232,9 @@ def cmd_run(args) -> int:
     require_kafka(bootstrap)
     require_redis(redis_url)
     try:
+        from nearline.embedding_messages import ensure_embedding_topic
+
+        ensure_embedding_topic(bootstrap, cfg)  # log-compacted: first, before the generic create
         ensure_topics(bootstrap, cfg.all_topics(), cfg.topics.partitions, cfg.topics.replication_factor)
         j = cfg.job
         metrics.serve(j.metrics_port, bind=j.metrics_bind, readiness=Readiness(
@@ -276,7 +279,15 @@ def cmd_tail(args) -> int:
                     if args.max is not None and n >= args.max:
                         break
                     try:
-                        rec = codec.decode(m.value, expect=expect)
+                        if args.dead_letters:
+                            rec = codec.decode(m.value, expect=expect)
+                        else:  # full-state records, ModelRetired notices, null-value tombstones
+                            from nearline.embedding_messages import read_message
+
+                            msg = read_message(m.key, m.value, m.headers, codec)
+                            rec = msg.record if m.value is not None else {
+                                "tombstone": True, "key": msg.key, "version": msg.version, "partition": m.partition,
+                                "offset": m.offset}
                     except CodecError as exc:  # a poison record is reported and skipped, never fatal
                         skipped += 1
                         log.warning("skipped %s[%d]@%d: %s", m.topic, m.partition, m.offset, exc)
@@ -423,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("beam_args", nargs="*", help="Beam pipeline options after --, e.g. -- --runner=FlinkRunner")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("tail", help="print decoded EntityEmbeddings records as they are published")
+    s = sub.add_parser("tail", help="print decoded EntityEmbeddings records (full state per entity; deletes as "
+                       "{\"tombstone\": true, \"key\", \"version\"}) as they are published")
     s.add_argument("--from-beginning", action="store_true")
     s.add_argument("--dead-letters", action="store_true", help="tail the dead-letter topic instead")
     s.add_argument("--max", type=_positive_int, default=None, help="stop after this many records")

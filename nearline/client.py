@@ -16,6 +16,10 @@ Subscription modes (the embedding topic is keyed by entity, so an entity lives i
   each caches only the entities of its partitions and drops them when a rebalance moves a partition
   away. Use it only when requests are routed to the replica that owns the entity's partition.
 
+The topic (nearline/embedding_messages.py): each message is an entity's full state (it replaces the
+cached set: a version absent from it is removed), a null value (tombstone) deletes the entity, a
+ModelRetired notice drops a model version from every cached entity; an older version never wins.
+
 Structure: EmbeddingCache (the versioned cache), Subscriber (the consumer thread that feeds it) and
 EmbeddingClient (Redis reads, scoring, and the subscription's lifecycle), so another source of records
 (another cluster) can feed the same cache.
@@ -32,6 +36,7 @@ import numpy as np
 
 from nearline.codec import Codec, CodecError
 from nearline.config import Config, load_config
+from nearline.embedding_messages import read_message
 from nearline.store import DELETED_FIELD, META_FIELDS, VERSION_FIELD, RedisEmbeddingStore
 
 log = logging.getLogger(__name__)
@@ -50,20 +55,35 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self.entries: dict[tuple[str, str], dict] = {}
 
-    def apply(self, rec: dict, partition: int | None = None) -> None:
-        """Fold one EntityEmbeddings record into the cache (an older version never wins)."""
+    def apply(self, rec: dict, partition: int | None = None, full_state: bool = True) -> None:
+        """Fold one EntityEmbeddings record into the cache (an older version never wins). A full-state
+        record replaces the entity's vectors; ``full_state=False`` (a delta, written before full-state
+        messages) merges into them. ``deleted=true`` (old messages) deletes the entity."""
         k = (rec["entity_type"], rec["entity_id"])
+        if rec.get("deleted"):
+            self.delete(k[0], k[1], rec["version"], partition)
+            return
         with self._lock:
             cur = self.entries.get(k)
             if cur and cur["version"] > rec["version"]:
                 return
-            if rec["deleted"]:
-                self.entries[k] = {"version": rec["version"], "vectors": {}, "deleted": True, "partition": partition}
-                return
-            vecs = dict(cur["vectors"]) if cur and not cur.get("deleted") else {}
+            vecs = dict(cur["vectors"]) if cur and not cur.get("deleted") and not full_state else {}
             for e in rec["embeddings"]:
                 vecs[f"{e['model']}@{e['model_version']}"] = decode_vector(e["vector"])
             self.entries[k] = {"version": rec["version"], "vectors": vecs, "deleted": False, "partition": partition}
+
+    def delete(self, entity_type: str, entity_id: str, version: int | None, partition: int | None = None) -> bool:
+        """A tombstone: the entity is deleted as of ``version`` (ignored if the cache holds a newer one).
+        A tombstone without a version (none of ours) deletes whatever is cached. True if applied."""
+        k = (entity_type, entity_id)
+        with self._lock:
+            cur = self.entries.get(k)
+            if version is None:
+                version = cur["version"] if cur else -1
+            elif cur and cur["version"] > version:
+                return False
+            self.entries[k] = {"version": version, "vectors": {}, "deleted": True, "partition": partition}
+            return True
 
     def retire(self, rec: dict) -> int:
         """Drop a retired model version (a ModelRetired notice, `nearline models retire`) from every cached
@@ -220,19 +240,20 @@ class Subscriber(threading.Thread):
 
     def _apply(self, m) -> None:
         try:
-            rec = self.codec.decode(m.value)
-            if "retired_at" in rec:  # a ModelRetired control notice (nearline models retire)
-                self.cache.retire(rec)
-                self.stats["applied"] += 1
-                return
-            if "embeddings" not in rec:
-                raise CodecError(f"not an EntityEmbeddings record (fields {sorted(rec)[:6]})")
-        except CodecError as exc:
+            msg = read_message(m.key, m.value, m.headers, self.codec)
+            if msg.kind == "delete" and msg.entity is None:
+                raise CodecError(f"tombstone with key {msg.key!r}, not '<entity_type>:<entity_id>'")
+        except (CodecError, ValueError) as exc:
             self.stats["poison"] += 1
             log.warning("embedding subscriber: skipped %s[%d]@%d: %s (%d skipped so far)",
                         m.topic, m.partition, m.offset, exc, self.stats["poison"])
             return
-        self.cache.apply(rec, m.partition)
+        if msg.kind == "retired":  # a ModelRetired control notice (nearline models retire)
+            self.cache.retire(msg.record)
+        elif msg.kind == "delete":
+            self.cache.delete(*msg.entity, msg.version, m.partition)
+        else:
+            self.cache.apply(msg.record, m.partition, full_state=msg.full_state)
         self.stats["applied"] += 1
 
     def _serve_catchup(self, consumer, kafka_io) -> None:
@@ -343,8 +364,12 @@ class EmbeddingClient:
 
     # ---- topic subscription with a local cache -----------------------------------------------
     def apply(self, rec: dict) -> None:
-        """Fold one EntityEmbeddings record into the cache (keeps the highest version)."""
+        """Fold one EntityEmbeddings (full-state) record into the cache (keeps the highest version)."""
         self.cache.apply(rec)
+
+    def apply_tombstone(self, entity_type: str, entity_id: str, version: int | None) -> bool:
+        """Fold one tombstone (null value; version from its 'version' header) into the cache."""
+        return self.cache.delete(entity_type, entity_id, version)
 
     def retire(self, rec: dict) -> int:
         """Fold one ModelRetired notice into the cache: the retired version's vectors are dropped."""

@@ -35,7 +35,16 @@ class TopicsConfig:
     standardized_prefix: str = "standardized."
     """Each standardizer writes StandardizedFeatures to '<prefix><processor>'."""
     embeddings: str = "entity-embeddings"
-    """Output topic of EntityEmbeddings, keyed '<type>:<id>'."""
+    """Output topic of EntityEmbeddings, keyed '<type>:<id>'. Log-compacted (created with
+    cleanup.policy=compact, nearline/embedding_messages.py): each message is the entity's full state,
+    a delete is a null-value tombstone with the version in the 'version' header."""
+    embeddings_delete_retention_ms: int = 604_800_000
+    """delete.retention.ms of the embedding topic: how long a tombstone stays after compaction reaches it.
+    7 days, like Kafka's default retention.ms: a consumer that falls further behind than this (or is
+    down longer) can miss a delete and must rebuild from the beginning (EmbeddingClient always does)."""
+    embeddings_min_compaction_lag_ms: int = 3_600_000
+    """min.compaction.lag.ms of the embedding topic: a message is never compacted away younger than this
+    (1 hour), so a consumer up to an hour behind still sees every version, not only the newest."""
     dead_letter: str = "dead-letter"
     """DeadLetter records from every stage."""
     feature_snapshot: str = "feature-snapshot"

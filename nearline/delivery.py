@@ -69,9 +69,9 @@ def send_acknowledged(producer, records: list[tuple[str, bytes | None, bytes]], 
 
 def _alone(producer, record, ack_timeout_s: float) -> BaseException | None:
     """Send one record in a batch of its own; its error, or None if acknowledged."""
-    t, k, v = record
+    t, k, v = record[:3]
     try:
-        fut = producer.send(t, key=k, value=v)
+        fut = producer.send(t, key=k, value=v, headers=record[3] if len(record) > 3 else None)
         producer.flush(timeout=ack_timeout_s)
         fut.get(timeout=ack_timeout_s)
         return None

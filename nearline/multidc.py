@@ -128,9 +128,12 @@ class MultiDCServices:
             states = dict(zip(self.names, pool.map(lambda n: self._dc_services(n).up(create_topics=False), self.names)))
         endpoints = {name: {"kafka_bootstrap": st.kafka_bootstrap, "redis_url": st.redis_url,
                             "kafka_pid": st.kafka_pid, "redis_pid": st.redis_pid} for name, st in states.items()}
+        from nearline.embedding_messages import ensure_embedding_topic
         from nearline.kafka_io import ensure_topics
 
         for name in self.names:  # the mirrors too, so that readers can subscribe before the first record
+            # each DC's embedding topic is its own (only entity updates are mirrored), log-compacted
+            ensure_embedding_topic(endpoints[name]["kafka_bootstrap"], self.cfg)
             ensure_topics(endpoints[name]["kafka_bootstrap"], self.dc_config(name, endpoints).all_topics(),
                           self.cfg.topics.partitions, self.cfg.topics.replication_factor)
         old = self.read_state() or {}

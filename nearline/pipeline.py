@@ -4,8 +4,8 @@ Beam DoFns in beam_jobs/ are thin wrappers around these classes; tests drive the
 
     JoinStage     decode + validate + StandardizationJoin; decides which offsets become committable
     ScoreStage    every registered tower for the entity type, one ORT call per model per batch
-    PublishStage  dedupe against Redis -> EntityEmbeddings / tombstones / dead letters to Kafka (acked)
-                  -> version-guarded Redis writes (pipelined across entities)
+    PublishStage  dedupe against Redis -> full-state EntityEmbeddings / null tombstones / dead letters to
+                  Kafka (acked) -> version-guarded Redis writes (pipelined across entities)
     CommitStage   commit the input offsets computed by JoinStage, now that their effects are written
 
 Order of effects: Kafka first, then Redis, then the offset commit. A crash between any two re-reads
@@ -27,6 +27,8 @@ from nearline.config import Config
 from nearline.dedupe import decide
 from nearline.deadletter import encode_dead_letter, reference_only
 from nearline.delivery import send_acknowledged
+from nearline.embedding_messages import full_state_record, full_state_send
+from nearline.embedding_messages import tombstone_send as embedding_tombstone_send
 from nearline.lifecycle import retry_until_done
 from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, ReplayTimeout, StandardizationJoin
 from nearline.metrics import METRICS, Metrics
@@ -73,6 +75,9 @@ class WorkBatch:
     deleted: list[Deleted] = field(default_factory=list)
     dead_letters: list[DeadLetterOut] = field(default_factory=list)
     embeddings: list[dict[str, bytes]] = field(default_factory=list)  # aligned with joined
+    # entity type -> every registered model key (disabled ones too): the fields an entity's full state
+    # is read from Redis with (None: only the keys scored in this batch)
+    model_keys: dict[str, list[str]] | None = None
     replay_timeouts: list[ReplayTimeout] = field(default_factory=list)
     commit: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -198,6 +203,11 @@ class ScoreStage:
     def run(self, wb: WorkBatch) -> WorkBatch:
         self.models.refresh()
         wb.embeddings = [{} for _ in wb.joined]
+        loaded = getattr(self.models, "models", None)
+        if isinstance(loaded, dict):
+            wb.model_keys = {}
+            for key, m in loaded.items():
+                wb.model_keys.setdefault(m.package.manifest.entity_type, []).append(key)
         by_type: dict[str, list[int]] = {}
         for i, j in enumerate(wb.joined):
             by_type.setdefault(j.entity_type, []).append(i)
@@ -238,13 +248,16 @@ class PublishStage:
         # one before it, not with what Redis held before the batch
         keys = list(dict.fromkeys([(j.entity_type, j.entity_id) for j in wb.joined] +
                                   [(d.entity_type, d.entity_id) for d in wb.deleted]))
-        fields: dict[tuple[str, str], set[str]] = {k: set() for k in keys}
+        # every registered version of the type, not only the ones scored: each message carries the
+        # entity's full state (a disabled model's stored vector too), so compaction loses nothing
+        registered = wb.model_keys or {}
+        fields: dict[tuple[str, str], set[str]] = {k: set(registered.get(k[0], ())) for k in keys}
         for j, emb in zip(wb.joined, wb.embeddings):
             fields[(j.entity_type, j.entity_id)].update(emb)
         view = {k: [sv, sp, sf] for k, (sv, sp, sf) in zip(keys, self.store.read(keys, [sorted(fields[k]) for k in keys]))}
         now_ms = int(time.time() * 1000)
         upserts, deletes, sends, latencies = [], [], [], []
-        owners: list[tuple[str, int]] = []  # per send: ("up"|"del", index in upserts/deletes)
+        owners: list[tuple[str, int | None]] = []  # per send: ("up"|"del", index in upserts/deletes or None)
         n_dedup = n_written = n_stale = n_unknown_deletes = 0
         # the feature snapshot (nearline/snapshot.py): every non-stale version's features, deduped or not,
         # so a backfill scores exactly the version Redis holds; sent with the batch, before the commit
@@ -262,26 +275,27 @@ class PublishStage:
             if not d.changed:
                 continue
             cur[0], cur[1] = j.version, j.partial
-            cur[2] = {**sf, **d.changed}
+            cur[2] = {**sf, **d.changed}  # what the hash holds after this write (HSET keeps the other fields)
             n_written += len(d.changed)
             upserts.append((j.entity_type, j.entity_id, j.version, d.changed, j.partial))
-            entries = []
-            for k in sorted(d.changed):
-                name, _, ver = k.partition("@")
-                entries.append({"model": name, "model_version": ver, "dim": len(d.changed[k]) // 4,
-                                "vector": d.changed[k], "produced_at": now_ms})
-            rec = {"entity_type": j.entity_type, "entity_id": j.entity_id, "version": j.version,
-                   "deleted": False, "partial": j.partial, "embeddings": entries}
-            sends.append((self.cfg.topics.embeddings, j.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
+            rec = full_state_record(j.entity_type, j.entity_id, j.version, cur[2], d.changed, now_ms, j.partial)
+            sends.append(full_state_send(self.cfg.topics.embeddings, j.key, rec, self.codec))
             owners.append(("up", len(upserts) - 1))
             if j.last_produced_ms:
                 latencies.append(now_ms - j.last_produced_ms)
         for dl in wb.deleted:
             cur = view[(dl.entity_type, dl.entity_id)]
             if cur[0] is None:
-                # Redis holds nothing for it: no marker, no tombstone (no older upsert of it can be
-                # pending: its upserts share this partition and come in version order)
+                # Redis holds nothing for it: no marker (no older upsert of it can be pending: its
+                # upserts share this partition and come in version order), but the tombstones still go
+                # out: a message of it may be on the topics without having reached Redis (a crash
+                # between the Kafka and the Redis write, then a replay that joined only the delete),
+                # and the newest record per key must say "absent" like Redis does
                 n_unknown_deletes += 1
+                if snap_topic:
+                    snapshots.append(tombstone_send(snap_topic, dl.key, dl.version))
+                sends.append(embedding_tombstone_send(self.cfg.topics.embeddings, dl.key, dl.version))
+                owners.append(("del", None))
                 continue
             if dl.version < cur[0]:
                 n_stale += 1
@@ -290,9 +304,7 @@ class PublishStage:
             deletes.append((dl.entity_type, dl.entity_id, dl.version))
             if snap_topic:
                 snapshots.append(tombstone_send(snap_topic, dl.key, dl.version))
-            rec = {"entity_type": dl.entity_type, "entity_id": dl.entity_id, "version": dl.version,
-                   "deleted": True, "partial": False, "embeddings": []}
-            sends.append((self.cfg.topics.embeddings, dl.key.encode(), self.codec.encode("EntityEmbeddings", rec)))
+            sends.append(embedding_tombstone_send(self.cfg.topics.embeddings, dl.key, dl.version))
             owners.append(("del", len(deletes) - 1))
         n_msgs = len(sends)
         for d in wb.dead_letters:
@@ -363,10 +375,11 @@ class PublishStage:
                 continue
             if i < len(owners):
                 kind, idx = owners[i]
-                (upserts if kind == "up" else deletes)[idx] = None
+                if idx is not None:  # None: a tombstone with no Redis write behind it
+                    (upserts if kind == "up" else deletes)[idx] = None
                 n_refused += 1
                 d = DeadLetterOut(RawRef(t, -1, -1, k, b""), "nearline.publish",
-                                  f"publish_refused: {t} refused the {len(v)}-byte record ({exc}); not written to Redis either",
+                                  f"publish_refused: {t} refused the {len(v or b'')}-byte record ({exc}); not written to Redis either",
                                   "publish_refused")
                 wb.dead_letters.append(d)
                 retry.append(self._dead_letter_send(d))

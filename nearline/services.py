@@ -332,8 +332,10 @@ class LocalServices:
         self._write_state(st)
         if not create_topics:
             return st
+        from nearline.embedding_messages import ensure_embedding_topic
         from nearline.kafka_io import ensure_topics
 
+        ensure_embedding_topic(st.kafka_bootstrap, self.cfg)  # log-compacted: first, before the generic create
         ensure_topics(st.kafka_bootstrap, self.cfg.all_topics(), self.cfg.topics.partitions,
                       self.cfg.topics.replication_factor, timeout_s=timeout)
         return st

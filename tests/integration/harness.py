@@ -19,6 +19,7 @@ import yaml
 from nearline import kafka_io
 from nearline.codec import Codec
 from nearline.config import Config
+from nearline.embedding_messages import ensure_embedding_topic, read_message
 from nearline.features import build_inputs
 from nearline.kafka_io import TopicPartition
 from nearline.marketplace.stream import UpdateStreamer, load_marketplace
@@ -68,6 +69,7 @@ class Harness:
         conf["job"].update(self.job_overrides)
         self.config_file = self.root / "nearline.yaml"
         self.config_file.write_text(yaml.safe_dump(conf))
+        ensure_embedding_topic(self.cfg.kafka.bootstrap, self.cfg)  # log-compacted, as the service creates it
         kafka_io.ensure_topics(self.cfg.kafka.bootstrap, self.cfg.all_topics(), t.partitions)
         self.streamer = UpdateStreamer(load_marketplace(self.marketplace_dir), seed=5)
         self.codec = Codec()
@@ -159,18 +161,11 @@ class Harness:
 
     # ---- output ---------------------------------------------------------------------------------
     def topic_records(self, topic: str) -> list[dict]:
-        c = kafka_io.make_consumer(self.cfg.kafka.bootstrap, None)
-        tps = [TopicPartition(topic, p) for p in range(self.cfg.topics.partitions)]
-        c.assign(tps)
-        c.seek_to_beginning()
-        ends = kafka_io.end_offsets(c, tps)
-        out = []
-        deadline = time.monotonic() + 30
-        while any(c.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for msgs in c.poll(200).values():
-                out += [self.codec.decode(m.value) for m in msgs]
-        c.close()
-        return out
+        """Every record of the topic, decoded, in partition then offset order. A null-value record (an
+        embedding topic tombstone) is ``{"tombstone": True, "deleted": True, "key", "entity_type",
+        "entity_id", "version" (its header), "partial": False, "embeddings": []}``."""
+        return [self.codec.decode(m.value) if m.value is not None else _tombstone_view(m, self.codec)
+                for m in raw_records(self.cfg, topic)]
 
     def final_state(self) -> dict[str, dict | None]:
         """entity key -> last raw fields (None if deleted), from the events streamed."""
@@ -207,3 +202,27 @@ class Harness:
     def stored(self, key: str) -> dict[str, bytes]:
         etype, eid = key.split(":", 1)
         return RedisEmbeddingStore(self.cfg.redis.url, self.cfg.redis.key_prefix).get(etype, eid)
+
+
+def _tombstone_view(m, codec) -> dict:
+    msg = read_message(m.key, m.value, m.headers, codec)
+    etype, eid = msg.entity or (None, None)
+    return {"tombstone": True, "deleted": True, "key": msg.key, "entity_type": etype, "entity_id": eid,
+            "version": msg.version, "partial": False, "embeddings": []}
+
+
+def raw_records(cfg: Config, topic: str, timeout_s: float = 30.0) -> list:
+    """Every record of the topic as kafka-python ConsumerRecords (key, value: None for a tombstone,
+    headers), in partition then offset order."""
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
+    tps = [TopicPartition(topic, p) for p in range(cfg.topics.partitions)]
+    c.assign(tps)
+    c.seek_to_beginning()
+    ends = kafka_io.end_offsets(c, tps)
+    out = []
+    deadline = time.monotonic() + timeout_s
+    while any(c.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+        for msgs in c.poll(200).values():
+            out += msgs
+    c.close()
+    return sorted(out, key=lambda r: (r.partition, r.offset))

@@ -12,6 +12,7 @@ import yaml
 from nearline import REPO_ROOT, kafka_io, registry
 from nearline.client import EmbeddingClient
 from nearline.codec import Codec
+from nearline.embedding_messages import full_state_record, full_state_send, tombstone_send
 from nearline.store import RedisEmbeddingStore
 from tests.conftest import isolated_config
 
@@ -20,11 +21,9 @@ pytestmark = pytest.mark.integration
 CODEC = Codec()
 
 
-def embeddings_record(etype, eid, version, vec, deleted=False):
-    return CODEC.encode("EntityEmbeddings", {
-        "entity_type": etype, "entity_id": eid, "version": version, "deleted": deleted, "partial": False,
-        "embeddings": [] if deleted else [{"model": f"{etype}_pyramid", "model_version": "v1", "dim": len(vec),
-                                           "vector": np.asarray(vec, "<f4").tobytes(), "produced_at": 0}]})
+def embeddings_record(etype, eid, version, vec):
+    state = {f"{etype}_pyramid@v1": np.asarray(vec, "<f4").tobytes()}
+    return CODEC.encode("EntityEmbeddings", full_state_record(etype, eid, version, state, state, 0))
 
 
 @pytest.fixture
@@ -176,3 +175,50 @@ def test_get_of_an_unknown_entity_says_so(env):
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert "no embeddings for job:missing" in out.stderr and cfg.redis.url in out.stderr
+
+
+def test_cache_full_state_replaces_tombstones_delete_and_versions_guard(env):
+    """The subscriber's cache against records on the real topic: a full-state message replaces the
+    entity's set (a version absent from it is removed), a null value deletes (its version from the
+    header), an older message never wins, a delta written before full state still merges."""
+    import io
+    import json
+
+    import fastavro
+
+    from nearline import DATA_ROOT
+    from nearline.codec import schema_fingerprint
+
+    cfg, prod, _ = env
+    topic = cfg.topics.embeddings
+    a, b = np.asarray([1, 2], "<f4").tobytes(), np.asarray([3, 4], "<f4").tobytes()
+
+    def send(rec_send):
+        t, k, v, headers = rec_send
+        prod.send(t, partition=0, key=k, value=v, headers=headers)
+
+    send(full_state_send(topic, "job:x", full_state_record("job", "x", 1, {"m@v1": a, "n@v1": b}, {"m@v1"}, 0), CODEC))
+    send(full_state_send(topic, "job:x", full_state_record("job", "x", 2, {"m@v1": b}, {"m@v1"}, 0), CODEC))  # n retired
+    send(full_state_send(topic, "job:y", full_state_record("job", "y", 3, {"m@v1": a}, {"m@v1"}, 0), CODEC))
+    send(tombstone_send(topic, "job:y", 4))
+    send(full_state_send(topic, "job:y", full_state_record("job", "y", 3, {"m@v1": b}, {"m@v1"}, 0), CODEC))  # older
+    send(full_state_send(topic, "job:z", full_state_record("job", "z", 9, {"m@v1": a}, {"m@v1"}, 0), CODEC))
+    send(tombstone_send(topic, "job:z", 8))  # older than the state: ignored
+    # a delta of the old schema (schemas/history): merged into the cached set, not replacing it
+    old = fastavro.parse_schema(json.loads((DATA_ROOT / "schemas/history/EntityEmbeddings.v1.avsc").read_text()))
+    buf = io.BytesIO()
+    buf.write(b"\xc3\x01" + schema_fingerprint(old))
+    fastavro.schemaless_writer(buf, old, {"entity_type": "job", "entity_id": "z", "version": 10, "deleted": False,
+                                          "partial": False, "embeddings": [{"model": "n", "model_version": "v1", "dim": 2,
+                                                                            "vector": b, "produced_at": 0}]})
+    prod.send(topic, partition=0, key=b"job:z", value=buf.getvalue())
+    prod.send(topic, partition=0, key=b"garbage-key", value=None)  # a tombstone not of an entity key: poison
+    prod.flush()
+    with client_of(cfg) as client:
+        client.subscribe()
+        assert client.wait_until_caught_up(timeout=30)
+        assert {k: v.tobytes() for k, v in client.cached("job", "x").items()} == {"m@v1": b}
+        assert ("job", "y") in client.cache and client.cache[("job", "y")]["deleted"] and client.cached("job", "y") == {}
+        assert client.cache[("job", "y")]["version"] == 4
+        assert {k: v.tobytes() for k, v in client.cached("job", "z").items()} == {"m@v1": a, "n@v1": b}
+        assert client.subscription_stats["poison"] == 1

@@ -21,11 +21,33 @@ SHIPPED = [str(REPO_ROOT / "models/packages/member_pyramid/v1"), str(REPO_ROOT /
 def _assert_final_versions_published(h: Harness, published: set) -> None:
     for key, fields in h.final_state().items():
         stored = h.stored(key)
-        if not stored:  # a delete of an entity Redis never held leaves no marker and no tombstone (issue 13)
+        if not stored:  # a delete of an entity Redis never held leaves no marker, only a tombstone (issue 13)
             assert fields is None, f"{key} is live but Redis holds nothing for it"
             continue
         v = int(stored["_v"])
         assert (key, v) in published, f"{key}: final version {v} in Redis was never published"
+
+
+def _assert_latest_message_is_the_redis_state(h: Harness, msgs: list[dict]) -> int:
+    """The embedding topic is compacted (full state per message, null tombstones): each entity's newest
+    message must be exactly what Redis holds (same version, same fields, same bytes), or a tombstone."""
+    latest = {}
+    for m in msgs:  # partition by partition, in offset order; an entity's messages share a partition
+        if "retired_at" not in m:
+            latest[f"{m['entity_type']}:{m['entity_id']}"] = m
+    n = 0
+    for key in h.final_state():
+        stored = h.stored(key)
+        vecs = {k: v for k, v in stored.items() if not k.startswith("_")}
+        m = latest.get(key)
+        if not vecs:
+            assert m is None or m.get("tombstone"), f"{key}: Redis holds nothing live, its latest message is {m}"
+            continue
+        assert m is not None and not m.get("tombstone"), f"{key}: live in Redis, latest message {m}"
+        assert m["version"] == int(stored["_v"]), (key, m["version"], stored["_v"])
+        assert {f"{e['model']}@{e['model_version']}": e["vector"] for e in m["embeddings"]} == vecs, key
+        n += 1
+    return n
 
 
 def _check_live_and_deleted(h: Harness, must_have: dict[str, set[str]]):
@@ -136,6 +158,7 @@ def test_stream_through_standardizers_and_job(tmp_path, kafka_bootstrap, redis_u
                     assert int(h.stored(key)["_v"]) == prev.record["version"]
     assert checked >= 5, checked  # enough cases for the check to mean something (superseded joins vary)
     _assert_final_versions_published(h, published)
+    assert _assert_latest_message_is_the_redis_state(h, msgs) > 300
 
     # 4. bad input was dead-lettered with its reason
     dls = h.topic_records(cfg.topics.dead_letter)
@@ -174,6 +197,7 @@ def test_sigkill_mid_stream_and_restart(tmp_path, kafka_bootstrap, redis_url, ma
     msgs = h.topic_records(cfg.topics.embeddings)
     published = {(f"{m['entity_type']}:{m['entity_id']}", m["version"]) for m in msgs}
     _assert_final_versions_published(h, published)
+    assert _assert_latest_message_is_the_redis_state(h, msgs) > 300  # replays publish again, never regress
 
 
 def test_join_timeout_scores_with_declared_defaults_and_flags_partial(tmp_path, kafka_bootstrap, redis_url,

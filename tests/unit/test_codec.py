@@ -14,7 +14,8 @@ def test_roundtrip_every_schema():
     feats = {"entity_type": "member", "entity_id": "m1", "version": 2, "processor": "skills",
              "features": {"skills": {"ids": [3, 4], "weights": [1.0, 0.5]}}, "produced_at": 9}
     emb = {"entity_type": "member", "entity_id": "m1", "version": 2, "deleted": False, "partial": False,
-           "embeddings": [{"model": "m", "model_version": "v1", "dim": 2, "vector": b"\0" * 8, "produced_at": 3}]}
+           "embeddings": [{"model": "m", "model_version": "v1", "dim": 2, "vector": b"\0" * 8, "produced_at": 3,
+                           "changed": True}]}
     dl = {"original": b"\x00\x01", "key": None, "topic": "t", "partition": 1, "offset": 7, "stage": "s",
           "error": "bad", "time": 1}
     for name, rec in [("EntityUpdate", UPDATE), ("StandardizedFeatures", feats), ("EntityEmbeddings", emb), ("DeadLetter", dl)]:
