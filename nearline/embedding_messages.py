@@ -1,0 +1,148 @@
+"""The embedding topic's message contract, shared by every writer (the job, the backfill) and reader.
+
+The embedding topic is **log-compacted**, keyed ``<entity_type>:<entity_id>``:
+
+* every EntityEmbeddings message carries the entity's **full state**: every registered model version's
+  vector Redis holds after the write (not only the ones that changed; ``changed`` on each entry says
+  which did). Kafka keeps only the newest message per key, so a delta would lose the versions it did
+  not carry; a full-state message makes "the latest message per key" equal to Redis's hash.
+* a delete is a **tombstone**: the key with a null value, the entity version in the ``version`` header
+  (the feature snapshot topic's convention, nearline/snapshot.py). Compaction removes the entity from
+  the topic after ``delete.retention.ms``. ``deleted`` stays in the schema for readers of old
+  messages; nothing writes ``deleted=true`` any more.
+* every message has the ``version`` header, so a reader can order records without decoding them.
+* ``ModelRetired`` notices (nearline/model_lifecycle.py) keep their own keys ``_model:<model>@<version>``,
+  one per partition: never superseded by an entity's messages, so compaction keeps them, and they stay
+  after every message of their partition that carried the retired version.
+
+Writers must publish an entity's versions in increasing order (compaction keeps the newest *offset*,
+not the highest version). Readers keep the highest version per key anyway (a replay after a crash can
+publish a version twice, never an older one after a newer one).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nearline.codec import Codec
+from nearline.snapshot import VERSION_HEADER, header_version, tombstone_send
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "EntityEmbeddings"
+RETIRED_SCHEMA = "ModelRetired"
+
+__all__ = ["SCHEMA", "VERSION_HEADER", "full_state_record", "full_state_send", "tombstone_send", "topic_configs",
+           "ensure_embedding_topic", "EmbeddingMessage", "read_message", "header_version"]
+
+
+def full_state_record(entity_type: str, entity_id: str, version: int, state: dict[str, bytes],
+                      changed, produced_at_ms: int, partial: bool = False) -> dict:
+    """The EntityEmbeddings record of an entity's full state.
+
+    ``state``: every model key (``<model>@<version>``) -> float32 little-endian bytes the entity has after
+    this write (Redis's fields merged with the changed ones). ``changed``: the keys this write changes
+    (any container supporting ``in``). Entries are sorted by model key (deterministic bytes)."""
+    entries = []
+    for k in sorted(state):
+        vec = state[k]
+        if vec is None:
+            continue
+        name, _, ver = k.partition("@")
+        entries.append({"model": name, "model_version": ver, "dim": len(vec) // 4, "vector": vec,
+                        "produced_at": produced_at_ms, "changed": k in changed})
+    return {"entity_type": entity_type, "entity_id": entity_id, "version": version, "deleted": False,
+            "partial": bool(partial), "embeddings": entries}
+
+
+def full_state_send(topic: str, key: str, record: dict, codec: Codec) -> tuple:
+    """(topic, key, value, headers) of a full-state record (from :func:`full_state_record`)."""
+    return (topic, key.encode(), codec.encode(SCHEMA, record), [(VERSION_HEADER, str(record["version"]).encode())])
+
+
+# ---- the topic ------------------------------------------------------------------------------------
+def topic_configs(cfg) -> dict[str, str]:
+    """The embedding topic's configs: compacted, tombstones kept ``delete.retention.ms`` after compaction
+    reaches them, messages left uncompacted ``min.compaction.lag.ms`` (see the config fields' docs)."""
+    t = cfg.topics
+    return {"cleanup.policy": "compact",
+            "delete.retention.ms": str(int(t.embeddings_delete_retention_ms)),
+            "min.compaction.lag.ms": str(int(t.embeddings_min_compaction_lag_ms))}
+
+
+def ensure_embedding_topic(bootstrap: str, cfg, topic: str | None = None) -> bool:
+    """Create the embedding topic log-compacted (before any generic ensure_topics, which would create it
+    with the broker's default delete policy). An existing topic with another cleanup policy (created by
+    an older version, or auto-created) is switched to compact, with a warning: a delete-policy topic
+    loses the entities of expired segments. Returns True if created."""
+    from nearline import kafka_io
+    from nearline.snapshot import cleanup_policy
+
+    topic = topic or cfg.topics.embeddings
+    created = kafka_io.ensure_topics(bootstrap, [topic], cfg.topics.partitions, cfg.topics.replication_factor,
+                                     topic_configs=topic_configs(cfg))
+    if created:
+        return True
+    policy = cleanup_policy(bootstrap, topic)
+    if policy is not None and "compact" not in policy:
+        log.warning("embedding topic %s had cleanup.policy=%s; setting it to compact (%s)", topic, policy,
+                    ", ".join(f"{k}={v}" for k, v in topic_configs(cfg).items()))
+        set_topic_configs(bootstrap, topic, topic_configs(cfg))
+    return False
+
+
+def set_topic_configs(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    """Set topic configs (kafka-python's AlterConfigs: the topic's other dynamic configs are reset)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from nearline import kafka_io
+
+    admin = KafkaAdminClient(**kafka_io._with_security(dict(bootstrap_servers=bootstrap, request_timeout_ms=10_000)))
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, dict(configs))])
+    finally:
+        admin.close()
+
+
+# ---- reading --------------------------------------------------------------------------------------
+@dataclass
+class EmbeddingMessage:
+    """One record of the embedding topic, classified.
+
+    kind: ``"state"`` (``record`` is the EntityEmbeddings full state), ``"delete"`` (a tombstone, or an old
+    ``deleted=true`` record), ``"retired"`` (``record`` is a ModelRetired notice)."""
+
+    kind: str
+    key: str | None
+    version: int | None
+    record: dict | None = None
+
+    @property
+    def entity(self) -> tuple[str, str] | None:
+        if self.record is not None and "entity_type" in self.record and self.kind != "retired":
+            return self.record["entity_type"], self.record["entity_id"]
+        if self.key and ":" in self.key:
+            t, _, i = self.key.partition(":")
+            return t, i
+        return None
+
+
+def read_message(key: bytes | None, value: bytes | None, headers, codec: Codec) -> EmbeddingMessage:
+    """Classify one consumer record of the embedding topic. A null value is a tombstone (its version from
+    the ``version`` header; None if absent). Raises CodecError for a value that is neither an
+    EntityEmbeddings nor a ModelRetired record."""
+    from nearline.codec import CodecError
+
+    k = key.decode(errors="replace") if key is not None else None
+    if value is None:
+        return EmbeddingMessage("delete", k, header_version(headers))
+    rec = codec.decode(value)
+    if "retired_at" in rec:
+        return EmbeddingMessage("retired", k, None, rec)
+    if "embeddings" not in rec:
+        raise CodecError(f"not an EntityEmbeddings record (fields {sorted(rec)[:6]})")
+    if rec.get("deleted"):  # written before tombstones replaced deleted=true records
+        return EmbeddingMessage("delete", k, rec["version"], rec)
+    return EmbeddingMessage("state", k, rec["version"], rec)

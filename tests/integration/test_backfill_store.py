@@ -1,0 +1,98 @@
+"""The backfill's batch Redis calls (store.read_many, store.write_state_many) against the job's own ones
+(store.read, store.write) on a real Redis: the same version guard, case by case, and the full state back."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from nearline.store import RedisEmbeddingStore
+
+pytestmark = pytest.mark.integration
+
+# stored state before the write: None (absent), or (version, partial, deleted, fields)
+STORED = [None,
+          (5, False, False, {"m@v1": b"old1"}),
+          (5, True, False, {"m@v1": b"old1", "m@v2": b"old2"}),
+          (5, False, True, {}),
+          (2**53 + 1, False, False, {"m@v1": b"big"})]
+# incoming: (version, partial, fields)
+INCOMING = [(4, False), (5, False), (5, True), (6, False), (6, True), (2**53, False), (2**53 + 2, False)]
+
+
+def _seed(store: RedisEmbeddingStore, key: tuple[str, str], stored) -> None:
+    store.r.delete(store.key(*key))
+    if stored is None:
+        return
+    v, partial, deleted, fields = stored
+    mapping = {"_v": str(v), **fields}
+    if partial:
+        mapping["_partial"] = "1"
+    if deleted:
+        mapping["_deleted"] = "1"
+    store.r.hset(store.key(*key), mapping=mapping)
+
+
+def test_write_state_many_applies_the_jobs_version_guard_case_by_case(redis_url, unique):
+    store = RedisEmbeddingStore(redis_url, f"t{unique}")
+    cases = list(itertools.product(range(len(STORED)), INCOMING))
+    singles, batch = [], []
+    for n, (si, (v, partial)) in enumerate(cases):
+        a, b = ("member", f"single{n}"), ("member", f"batch{n}")
+        _seed(store, a, STORED[si])
+        _seed(store, b, STORED[si])
+        singles.append((*a, v, {"m@v1": b"new1", "m@v3": b"new3"}, partial))
+        batch.append((*b, v, {"m@v1": b"new1", "m@v3": b"new3"}, partial))
+    applied = [store.write([u], [])[0] for u in singles]  # the job's script, one entity at a time
+    outbox = f"t{unique}:outbox"
+    states = store.write_state_many(batch, outbox)
+    assert any(applied) and not all(applied), "the matrix must contain both outcomes"
+    for n, (ok, state) in enumerate(zip(applied, states)):
+        a, b = store.get("member", f"single{n}"), store.get("member", f"batch{n}")
+        assert (state is not None) == ok, (cases[n], ok, state)
+        assert a == b, (cases[n], a, b)
+        if ok:
+            assert state == b, "the reply is the whole hash after the write"
+    members = {m.decode() for m in store.r.smembers(outbox)}
+    assert members == {store.key("member", f"batch{n}") for n, ok in enumerate(applied) if ok}
+
+
+def test_read_many_equals_read(redis_url, unique):
+    store = RedisEmbeddingStore(redis_url, f"t{unique}")
+    keys = [("job", f"j{i}") for i in range(len(STORED))]
+    for k, st in zip(keys, STORED):
+        _seed(store, k, st)
+    fields = ["m@v1", "m@v2", "m@v3"]
+    assert store.read_many(keys, fields) == store.read(keys, [fields] * len(keys))
+    assert store.read_many([], fields) == [] and store.write_state_many([]) == []
+
+
+def test_batch_producer_partitions_keys_as_the_jobs_producer(kafka_bootstrap, unique):
+    """An entity's messages from the backfill (librdkafka) and the job (kafka-python) share a partition."""
+    from nearline import kafka_io
+    from nearline.backfill import BatchProducer
+
+    topic = f"bp-{unique}"
+    kafka_io.ensure_topics(kafka_bootstrap, [topic], 4)
+    keys = [f"member:m{i}".encode() for i in range(40)]
+    job = kafka_io.make_producer(kafka_bootstrap)
+    job_parts = {k: job.send(topic, key=k, value=b"job").get(timeout=30).partition for k in keys}
+    job.close()
+    bp = BatchProducer(kafka_bootstrap)
+    bp.send_batch([(topic, k, b"backfill", [("version", b"1")]) for k in keys])
+    bp.close()
+    c = kafka_io.make_consumer(kafka_bootstrap, None)
+    tps = [kafka_io.TopicPartition(topic, p) for p in range(4)]
+    c.assign(tps)
+    c.seek_to_beginning()
+    seen: dict[bytes, set[int]] = {}
+    deadline = kafka_io.time.monotonic() + 30
+    while sum(len(v) for v in seen.values()) < 2 * len(keys) and kafka_io.time.monotonic() < deadline:
+        for tp, msgs in c.poll(200).items():
+            for m in msgs:
+                seen.setdefault(m.key, set()).add((tp.partition, m.value))
+    c.close()
+    assert len(set(job_parts.values())) > 1, "the keys must spread over partitions for this test to mean something"
+    for k in keys:
+        assert seen[k] == {(job_parts[k], b"job"), (job_parts[k], b"backfill")}, k
