@@ -27,22 +27,23 @@ class ReadSnapshotRange(beam.DoFn):
 
     def setup(self):
         from nearline import kafka_io
+        from nearline.backfill import RangeReader
         from nearline.codec import Codec
 
         if self.kafka_cfg is not None:
             kafka_io.configure_security(self.kafka_cfg)  # this DoFn may run in another process
 
-        self.consumer = kafka_io.make_consumer(self.bootstrap, None, max_partition_fetch_bytes=8 << 20)
+        self.reader = RangeReader(self.bootstrap)
         self.codec = Codec()
 
     def teardown(self):
-        if getattr(self, "consumer", None):
-            self.consumer.close(autocommit=False)
+        if getattr(self, "reader", None):
+            self.reader.close()
 
     def process(self, rng):
-        from nearline.backfill import batches_with_progress, decode_rows, scan_range
+        from nearline.backfill import batches_with_progress, decode_rows
 
-        entries, scanned = scan_range(self.consumer, rng, self.codec)
+        entries, scanned = self.reader.scan(rng, self.codec)
         first = True
         ordered = sorted(entries.values(), key=lambda e: e.offset)
         for chunk, share in batches_with_progress(ordered, self.batch_size, rng.size):

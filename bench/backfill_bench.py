@@ -13,7 +13,8 @@
    (session.run on pre-built tensors, same thread count), and onnxruntime + build_inputs.
    Ratio = backfill entities/s / ceiling entities/s (target >= 0.5). Also the same stages (scan +
    BackfillStage) in a plain Python loop without Beam: what the runner costs.
-4. --scale N: the same with 3 versions per type (`--all`) on an N-entity snapshot: wall time, peak RSS.
+4. --scale N: an N-entity snapshot (streamed in chunks: wall time, and this process's peak RSS), then
+   `nearline backfill --all` (3 versions per type) on it with its progress bar: wall time, peak RSS.
 
 Figures are noisy on a shared 2-core machine (other processes compete for the cores); say so when quoting.
 """
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from nearline import kafka_io  # noqa: E402
-from nearline.backfill import batches_with_progress, decode_rows, plan_ranges, scan_range  # noqa: E402
+from nearline.backfill import RangeReader, batches_with_progress, decode_rows, plan_ranges  # noqa: E402
 from nearline.codec import Codec  # noqa: E402
 from nearline.config import Config, ServicesConfig  # noqa: E402
 from nearline.features import build_inputs  # noqa: E402
@@ -60,26 +61,39 @@ def random_features(rng, manifest) -> dict:
     return feats
 
 
-def populate(cfg: Config, registry: Path, n: int, seed: int = 1) -> None:
+def populate(cfg: Config, registry: Path, n: int, seed: int = 1, progress: bool = False) -> dict:
+    """Write an n-entity snapshot, streamed in chunks (memory stays flat at any n); its wall time and the
+    peak RSS of this process so far."""
+    import resource
+
+    from tqdm import tqdm
+
+    from nearline.backfill import BatchProducer
+
     good, _ = Registry(registry).load()
     man = {p.manifest.entity_type: p.manifest for p in good if p.manifest.version == "v1"}
     rng = np.random.default_rng(seed)
     codec = Codec()
-    prod = kafka_io.make_producer(cfg.kafka.bootstrap, linger_ms=20, batch_size=256 << 10)
+    prod = BatchProducer(cfg.kafka.bootstrap)
     t0 = time.monotonic()
-    futs = []
-    for i in range(n):
-        etype, eid = ("member", f"m{i}") if i % 3 else ("job", f"j{i}")
-        rec = {"entity_type": etype, "entity_id": eid, "version": 1000 + i, "partial": False, "missing": [],
-               "features": random_features(rng, man[etype]), "written_at": 0}
-        futs.append(prod.send(cfg.topics.feature_snapshot, key=f"{etype}:{eid}".encode(), value=codec.encode(SCHEMA, rec),
-                              headers=[(VERSION_HEADER, str(rec["version"]).encode())]))
-        if len(futs) >= 20000:
-            prod.flush()
-            futs = []
-    prod.flush()
+    chunk = []
+    with tqdm(total=n, desc="snapshot", unit="entity", disable=not progress, mininterval=2, smoothing=0.1) as bar:
+        for i in range(n):
+            etype, eid = ("member", f"m{i}") if i % 3 else ("job", f"j{i}")
+            rec = {"entity_type": etype, "entity_id": eid, "version": 1000 + i, "partial": False, "missing": [],
+                   "features": random_features(rng, man[etype]), "written_at": 0}
+            chunk.append((cfg.topics.feature_snapshot, f"{etype}:{eid}".encode(), codec.encode(SCHEMA, rec),
+                          [(VERSION_HEADER, str(rec["version"]).encode())]))
+            if len(chunk) >= 20000:
+                prod.send_batch(chunk)
+                bar.update(len(chunk))
+                chunk = []
+        prod.send_batch(chunk)
+        bar.update(len(chunk))
     prod.close()
-    print(f"snapshot: {n} entities written in {time.monotonic() - t0:.1f}s", flush=True)
+    dt = time.monotonic() - t0
+    print(f"snapshot: {n} entities written in {dt:.1f}s", flush=True)
+    return {"entities": n, "wall_s": dt, "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_threads: int) -> dict:
@@ -93,13 +107,14 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = ort_threads, 1, 3
         sessions[k] = ort.InferenceSession(str(p.onnx_path), so, providers=["CPUExecutionProvider"])
-    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None, max_partition_fetch_bytes=8 << 20)
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
+    reader = RangeReader(cfg.kafka.bootstrap)
     codec = Codec()
     batches = []  # (model key, feed)
     n_entities = 0
     t_build = 0.0
     for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
-        entries, _ = scan_range(c, rng, codec)
+        entries, _ = reader.scan(rng, codec)
         ordered = sorted(entries.values(), key=lambda e: e.offset)
         for chunk, _ in batches_with_progress(ordered, batch_size, rng.size):
             rows = decode_rows(chunk, rng.partition, codec)
@@ -108,13 +123,16 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
                 feats = [r.features for r in rows if r.entity_type == etype]
                 if not feats:
                     continue
+                feeds = {}  # as ModelSet.score: versions with the same inputs share one build
                 for k, p in pk.items():
                     if p.manifest.entity_type == etype:
                         t = time.perf_counter()
-                        feed = build_inputs(p.manifest, feats)
+                        sig = repr(p.manifest.inputs)
+                        feed = feeds[sig] = feeds.get(sig) or build_inputs(p.manifest, feats)
                         t_build += time.perf_counter() - t
                         batches.append((k, feed))
     c.close()
+    reader.close()
     t = time.perf_counter()
     for k, feed in batches:
         run_rows(sessions[k], pk[k].manifest.output_name, feed)
@@ -125,32 +143,35 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
 
 def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int) -> dict:
     """The same stages (scan, BackfillStage) in a plain Python loop in this process: what Beam costs."""
-    from nearline.backfill import BackfillCounts, BackfillStage
+    from nearline.backfill import BackfillCounts, BackfillStage, BatchProducer
     from nearline.scoring import ModelSet, RegistryWatcher
     from nearline.store import RedisEmbeddingStore
 
     cfg.models.registry = str(registry)
     store = RedisEmbeddingStore(cfg.redis.url, cfg.redis.key_prefix)
-    prod = kafka_io.make_producer(cfg.kafka.bootstrap, cfg.kafka.producer_linger_ms)
+    prod = BatchProducer(cfg.kafka.bootstrap)  # the backfill's own producer
     stage = BackfillStage(cfg, store, prod, ModelSet(RegistryWatcher(Registry(registry), cfg.entity_types, 0),
                                                      cfg.job.ort_threads), set(keys))
-    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None, max_partition_fetch_bytes=8 << 20)
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
+    reader = RangeReader(cfg.kafka.bootstrap)
     codec, total = Codec(), BackfillCounts()
     t0 = time.monotonic()
     for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
-        entries, _ = scan_range(c, rng, codec)
+        entries, _ = reader.scan(rng, codec)
         for chunk, _ in batches_with_progress(sorted(entries.values(), key=lambda e: e.offset), batch_size, rng.size):
             total.add(stage.run(decode_rows(chunk, rng.partition, codec)))
     dt = time.monotonic() - t0
     c.close()
+    reader.close()
     prod.close()
     return {"seconds": dt, "entities": total.entities, "written": total.written, "entities_per_s": total.entities / dt}
 
 
-def run_cli(conf: Path, models: list[str] | None, batch_size: int, log: Path, beam_args: list[str]) -> dict:
+def run_cli(conf: Path, models: list[str] | None, batch_size: int, log: Path, beam_args: list[str],
+            progress: bool = False) -> dict:
     args = ["--all"] if models is None else ["--models", *models]
     cmd = [sys.executable, "-m", "nearline.cli", "--config", str(conf), "backfill", *args, "--batch-size", str(batch_size),
-           "--no-progress", "--json", *(["--", *beam_args] if beam_args else [])]
+           *([] if progress else ["--no-progress"]), "--json", *(["--", *beam_args] if beam_args else [])]
     t0 = time.monotonic()
     with open(log, "wb") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -222,11 +243,14 @@ def main():
                                             "topics": {"feature_snapshot": cfg.topics.feature_snapshot},
                                             "models": {"registry": str(registry)}}))
             ensure_snapshot_topic(cfg.kafka.bootstrap, cfg)
-            populate(cfg, registry, args.scale, seed=2)
+            gen = populate(cfg, registry, args.scale, seed=2, progress=True)
             wipe(cfg.redis.url, cfg.redis.key_prefix)
-            bf = run_cli(conf, None, args.batch_size, tmp / "backfill-scale.log", args.beam_args)
-            results["scale"] = {"entities": args.scale, **bf}
-            print(f"scale: {args.scale:,} entities, 3 versions/type (--all): wall {bf['wall_s']:.0f}s, "
+            log = tmp / "backfill-scale.log"
+            print(f"scale backfill running; its progress bar: tail -f {log}", flush=True)
+            bf = run_cli(conf, None, args.batch_size, log, args.beam_args, progress=True)
+            results["scale"] = {"entities": args.scale, "snapshot_fill": gen, "backfill": bf}
+            print(f"scale: {args.scale:,} entities: snapshot fill {gen['wall_s']:.0f}s (bench process peak RSS "
+                  f"{gen['peak_rss_mb_so_far']:.0f} MB); backfill 3 versions/type (--all): wall {bf['wall_s']:.0f}s, "
                   f"{bf['entities_per_s']:,.0f} entities/s, peak RSS {bf['peak_rss_mb']:.0f} MB, written {bf['written']}",
                   flush=True)
         results["loadavg_end"] = os.getloadavg()[0]

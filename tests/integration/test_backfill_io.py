@@ -1,5 +1,6 @@
-"""The backfill's batch Redis calls (store.read_many, store.write_state_many) against the job's own ones
-(store.read, store.write) on a real Redis: the same version guard, case by case, and the full state back."""
+"""The backfill's batch I/O against the job's own on a real Redis and Kafka: store.read_many and
+store.write_state_many (same version guard, case by case, full state back), BatchProducer (same
+partitions), RangeReader (same newest entries as scan_range)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,38 @@ def test_batch_producer_partitions_keys_as_the_jobs_producer(kafka_bootstrap, un
     assert len(set(job_parts.values())) > 1, "the keys must spread over partitions for this test to mean something"
     for k in keys:
         assert seen[k] == {(job_parts[k], b"job"), (job_parts[k], b"backfill")}, k
+
+
+def test_range_reader_finds_the_newest_entries_scan_range_finds(kafka_bootstrap, unique):
+    from nearline import kafka_io
+    from nearline.backfill import RangeReader, plan_ranges, scan_range
+    from nearline.snapshot import tombstone_send
+
+    topic = f"snap-{unique}"
+    kafka_io.ensure_topics(kafka_bootstrap, [topic], 2)
+    prod = kafka_io.make_producer(kafka_bootstrap)
+    for i in range(3000):  # 500 keys, 6 versions each, some deleted last, some partial
+        key = f"member:m{i % 500}"
+        v = 10 + i // 500
+        if i >= 2500 and i % 7 == 0:
+            t, k, val, h = tombstone_send(topic, key, v)
+        else:
+            t, k, val, h = topic, key.encode(), f"value-{i}".encode(), [("version", str(v).encode()),
+                                                                      ("partial", b"1" if i % 3 else b"0")]
+        prod.send(t, key=k, value=val, headers=h)
+    prod.flush()
+    prod.close()
+    c = kafka_io.make_consumer(kafka_bootstrap, None)
+    reader = RangeReader(kafka_bootstrap)
+    try:
+        full = plan_ranges(c, topic, [0, 1])
+        sub = [type(r)(r.topic, r.partition, r.start + 100, r.end - 50) for r in full]  # inside a range too
+        for rng in full + sub:
+            want, n_want = scan_range(c, rng)
+            got, n_got = reader.scan(rng)
+            assert n_got == n_want == rng.size
+            assert got == want, rng
+        assert sum(len(reader.scan(r)[0]) for r in full) == 500
+    finally:
+        reader.close()
+        c.close(autocommit=False)
