@@ -141,8 +141,34 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
             "ort_entities_per_s": n_entities / t_ort, "ort_build_entities_per_s": n_entities / (t_ort + t_build)}
 
 
-def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int) -> dict:
-    """The same stages (scan, BackfillStage) in a plain Python loop in this process: what Beam costs."""
+class StageTimer:
+    """Wall time per stage of the plain loop: each named function is wrapped (in this bench process only)
+    with a perf_counter; nested stages are subtracted from their parents, so the shares add up."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._stack: list[float] = []
+
+    def wrap(self, name: str, fn):
+        def timed(*a, **kw):
+            self._stack.append(0.0)
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                dt = time.perf_counter() - t
+                inner = self._stack.pop()
+                self.seconds[name] = self.seconds.get(name, 0.0) + dt - inner
+                if self._stack:
+                    self._stack[-1] += dt
+        return timed
+
+
+def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int, split: bool = False) -> dict:
+    """The same stages (scan, BackfillStage) in a plain Python loop in this process: what Beam costs.
+    ``split``: also the wall time per stage (StageTimer)."""
+    import nearline.backfill as backfill
+    import nearline.scoring as scoring
     from nearline.backfill import BackfillCounts, BackfillStage, BatchProducer
     from nearline.scoring import ModelSet, RegistryWatcher
     from nearline.store import RedisEmbeddingStore
@@ -155,16 +181,37 @@ def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int) ->
     c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
     reader = RangeReader(cfg.kafka.bootstrap)
     codec, total = Codec(), BackfillCounts()
+    timer, saved = StageTimer(), []
+    scan, decode, run = reader.scan, decode_rows, stage.run
+    if split:
+        scan, decode, run = timer.wrap("kafka_scan", scan), timer.wrap("avro_decode", decode), timer.wrap("other_python", run)
+        stage.codec.decode = timer.wrap("avro_decode", stage.codec.decode)
+        stage.codec.encode = timer.wrap("avro_encode", stage.codec.encode)
+        store.read_many = timer.wrap("redis_read", store.read_many)
+        store.write_state_many = timer.wrap("redis_write", store.write_state_many)
+        prod.send_batch = timer.wrap("kafka_produce", prod.send_batch)
+        for mod, name, label in ((scoring, "build_inputs", "build_inputs"), (scoring, "run_rows", "onnxruntime"),
+                                 (backfill, "decide", "dedupe")):
+            saved.append((mod, name, getattr(mod, name)))
+            setattr(mod, name, timer.wrap(label, getattr(mod, name)))
     t0 = time.monotonic()
-    for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
-        entries, _ = reader.scan(rng, codec)
-        for chunk, _ in batches_with_progress(sorted(entries.values(), key=lambda e: e.offset), batch_size, rng.size):
-            total.add(stage.run(decode_rows(chunk, rng.partition, codec)))
+    try:
+        for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
+            entries, _ = scan(rng, codec)
+            for chunk, _ in batches_with_progress(sorted(entries.values(), key=lambda e: e.offset), batch_size, rng.size):
+                total.add(run(decode(chunk, rng.partition, codec)))
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
     dt = time.monotonic() - t0
     c.close()
     reader.close()
     prod.close()
-    return {"seconds": dt, "entities": total.entities, "written": total.written, "entities_per_s": total.entities / dt}
+    out = {"seconds": dt, "entities": total.entities, "written": total.written, "entities_per_s": total.entities / dt}
+    if split:
+        out["split_s"] = dict(sorted(timer.seconds.items(), key=lambda kv: -kv[1]))
+        out["split_us_per_entity"] = {k: 1e6 * v / max(1, total.entities) for k, v in out["split_s"].items()}
+    return out
 
 
 def run_cli(conf: Path, models: list[str] | None, batch_size: int, log: Path, beam_args: list[str],
@@ -200,6 +247,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--scale", type=int, default=0, help="also a --all run on a snapshot of this many entities")
     ap.add_argument("--out", help="write the figures as JSON here")
+    ap.add_argument("--two-workers", action="store_true",
+                    help="also run each backfill with Beam's multi-process FnApiRunner on 2 workers (both cores)")
     ap.add_argument("beam_args", nargs="*", help="Beam options for the backfill after --, e.g. -- --direct_num_workers=2")
     args = ap.parse_args()
 
@@ -219,18 +268,36 @@ def main():
         kafka_io.ensure_topics(cfg.kafka.bootstrap, cfg.all_topics(), cfg.topics.partitions)
         ensure_snapshot_topic(cfg.kafka.bootstrap, cfg)
         populate(cfg, registry, args.entities)
+        # warm-up, not measured: the first pass over a fresh broker and Redis ran ~30% slower in every
+        # configuration (page cache, Redis allocations), which would favour whichever run came second
+        plain_loop(cfg, registry, [f"{side}_pyramid@v1" for side in ("member", "job")], args.batch_size)
+        wipe(cfg.redis.url, cfg.redis.key_prefix)
         for k in (1, 3):
             models = [f"{side}_pyramid@v{i}" for side in ("member", "job") for i in range(1, k + 1)]
             wipe(cfg.redis.url, cfg.redis.key_prefix)
             bf = run_cli(conf, models, args.batch_size, tmp / f"backfill-{k}.log", args.beam_args)
             wipe(cfg.redis.url, cfg.redis.key_prefix)
+            if args.two_workers:
+                bf2 = run_cli(conf, models, args.batch_size, tmp / f"backfill-{k}-2w.log",
+                              [*args.beam_args, "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+                wipe(cfg.redis.url, cfg.redis.key_prefix)
             loop = plain_loop(cfg, registry, models, args.batch_size)
             assert loop["written"] == bf["written"], (loop, bf)
+            wipe(cfg.redis.url, cfg.redis.key_prefix)
+            split = plain_loop(cfg, registry, models, args.batch_size, split=True)
+            loop["split_s"], loop["split_us_per_entity"] = split["split_s"], split["split_us_per_entity"]
+            print(f"{k} version(s)/type, plain loop, wall time per stage (us/entity): " +
+                  ", ".join(f"{n} {v:.1f}" for n, v in split["split_us_per_entity"].items()), flush=True)
             ceil = ceiling(cfg, registry, models, args.batch_size, cfg.job.ort_threads)
             results[f"models_{k}"] = {"backfill": bf, "ceiling": ceil, "plain_loop": loop,
                                       "ratio_vs_plain_loop": bf["entities_per_s"] / loop["entities_per_s"],
                                       "ratio_vs_ort": bf["entities_per_s"] / ceil["ort_entities_per_s"],
                                       "ratio_vs_ort_build": bf["entities_per_s"] / ceil["ort_build_entities_per_s"]}
+            if args.two_workers:
+                results[f"models_{k}"].update(backfill_2_workers=bf2,
+                                              ratio_2_workers_vs_ort=bf2["entities_per_s"] / ceil["ort_entities_per_s"])
+                print(f"{k} version(s)/type, 2 Beam workers: {bf2['entities_per_s']:,.0f} entities/s "
+                      f"(ratio vs ORT alone {bf2['entities_per_s'] / ceil['ort_entities_per_s']:.2f})", flush=True)
             print(f"{k} version(s)/type: backfill {bf['entities_per_s']:,.0f} entities/s (wall {bf['wall_s']:.1f}s, "
                   f"peak RSS {bf['peak_rss_mb']:.0f} MB, written {bf['written']}) | onnxruntime alone "
                   f"{ceil['ort_entities_per_s']:,.0f}/s, with build_inputs {ceil['ort_build_entities_per_s']:,.0f}/s, "

@@ -118,10 +118,13 @@ class EmbeddingMessage:
     key: str | None
     version: int | None
     record: dict | None = None
+    full_state: bool = True  # False: a delta written before full-state messages (merge it, do not replace)
 
     @property
     def entity(self) -> tuple[str, str] | None:
-        if self.record is not None and "entity_type" in self.record and self.kind != "retired":
+        if self.kind == "retired":
+            return None
+        if self.record is not None:
             return self.record["entity_type"], self.record["entity_id"]
         if self.key and ":" in self.key:
             t, _, i = self.key.partition(":")
@@ -144,5 +147,24 @@ def read_message(key: bytes | None, value: bytes | None, headers, codec: Codec) 
     if "embeddings" not in rec:
         raise CodecError(f"not an EntityEmbeddings record (fields {sorted(rec)[:6]})")
     if rec.get("deleted"):  # written before tombstones replaced deleted=true records
-        return EmbeddingMessage("delete", k, rec["version"], rec)
-    return EmbeddingMessage("state", k, rec["version"], rec)
+        return EmbeddingMessage("delete", k, rec["version"], rec, False)
+    return EmbeddingMessage("state", k, rec["version"], rec, not _is_delta_writer(codec, bytes(value[2:10])))
+
+
+_DELTA_WRITERS: dict[bytes, bool] = {}
+
+
+def _is_delta_writer(codec: Codec, fp: bytes) -> bool:
+    """Whether the writer schema of a message is a delta-era EntityEmbeddings (its entries have no
+    ``changed`` field: schemas/history/EntityEmbeddings.v1.avsc), whose messages carried only the
+    entries that changed."""
+    known = _DELTA_WRITERS.get(fp)
+    if known is None:
+        writer = getattr(getattr(codec, "store", None), "writers", {}).get(fp)
+        try:
+            items = next(f["type"]["items"] for f in writer["fields"] if f["name"] == "embeddings")
+            known = not any(f["name"] == "changed" for f in items["fields"])
+        except (TypeError, KeyError, StopIteration):
+            known = False  # unknown layout: treat as full state
+        _DELTA_WRITERS[fp] = known
+    return known

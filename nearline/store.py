@@ -87,7 +87,8 @@ return out
 # WRITE_STATE_MANY  KEYS[1]: the outbox set (entities written whose full state is not yet published, or
 # '' for none); KEYS[2..]: entities. ARGV per entity: version, partial flag, number of fields, field,
 # value, ...  The guard is _WRITE's, statement for statement; per entity the reply is 0 (refused) or its
-# whole hash after the write (HGETALL), so the caller publishes the full state without a second trip.
+# hash after the write without the fields just written, so the caller has the full state without a
+# second trip.
 _WRITE_STATE_MANY = _VCMP + """
 local a = 1
 local out = {}
@@ -107,7 +108,13 @@ for i = 2, #KEYS do
     redis.call('HDEL', key, '_deleted')
     if partial == '1' then redis.call('HSET', key, '_partial', '1') else redis.call('HDEL', key, '_partial') end
     if KEYS[1] ~= '' then redis.call('SADD', KEYS[1], key) end
-    out[i - 1] = redis.call('HGETALL', key)
+    -- the hash minus the fields just written (the caller has those): a rebuild's reply is only _v
+    local written, rest, all = {}, {}, redis.call('HGETALL', key)
+    for j = first, last, 2 do written[ARGV[j]] = true end
+    for j = 1, #all, 2 do
+      if not written[all[j]] then rest[#rest + 1] = all[j]; rest[#rest + 1] = all[j + 1] end
+    end
+    out[i - 1] = rest
   else
     out[i - 1] = 0
   end
@@ -202,7 +209,15 @@ class RedisEmbeddingStore:
             for kv in fields.items():
                 args += kv
         res = self._retrying("write", lambda: self._write_state_many(keys=keys, args=args))
-        return [None if x == 0 else {x[j].decode(): x[j + 1] for j in range(0, len(x), 2)} for x in res]
+        out: list[dict[str, bytes] | None] = []
+        for up, x in zip(upserts, res):
+            if x == 0:
+                out.append(None)
+                continue
+            state = {x[j].decode(): x[j + 1] for j in range(0, len(x), 2)}
+            state.update((k, v if isinstance(v, bytes) else str(v).encode()) for k, v in up[3].items())
+            out.append(state)
+        return out
 
     def get(self, entity_type: str, entity_id: str) -> dict[str, bytes]:
         return {k.decode(): v for k, v in self.r.hgetall(self.key(entity_type, entity_id)).items()}
