@@ -91,7 +91,7 @@ return out
 # second trip.
 _WRITE_STATE_MANY = _VCMP + """
 local a = 1
-local out = {}
+local out, applied = {}, {}
 for i = 2, #KEYS do
   local key, ver, partial, n = KEYS[i], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   local first, last = a + 3, a + 2 + 2 * n
@@ -107,7 +107,7 @@ for i = 2, #KEYS do
     redis.call('HSET', key, '_v', ver, unpack(ARGV, first, last))
     redis.call('HDEL', key, '_deleted')
     if partial == '1' then redis.call('HSET', key, '_partial', '1') else redis.call('HDEL', key, '_partial') end
-    if KEYS[1] ~= '' then redis.call('SADD', KEYS[1], key) end
+    applied[#applied + 1] = key
     -- the hash minus the fields just written (the caller has those): a rebuild's reply is only _v
     local written, rest, all = {}, {}, redis.call('HGETALL', key)
     for j = first, last, 2 do written[ARGV[j]] = true end
@@ -118,6 +118,9 @@ for i = 2, #KEYS do
   else
     out[i - 1] = 0
   end
+end
+if KEYS[1] ~= '' then  -- one SADD per 1000 keys, not one per entity (unpack's stack limit is 8000)
+  for j = 1, #applied, 1000 do redis.call('SADD', KEYS[1], unpack(applied, j, math.min(j + 999, #applied))) end
 end
 return out
 """

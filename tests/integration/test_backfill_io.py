@@ -132,3 +132,11 @@ def test_range_reader_finds_the_newest_entries_scan_range_finds(kafka_bootstrap,
     finally:
         reader.close()
         c.close(autocommit=False)
+
+
+def test_write_state_many_records_every_written_entity_in_the_outbox_beyond_one_sadd(redis_url, unique):
+    store = RedisEmbeddingStore(redis_url, f"t{unique}")
+    ups = [("member", f"m{i}", 7, {"m@v1": b"x"}, False) for i in range(2500)]  # 3 SADD chunks of up to 1000
+    states = store.write_state_many(ups, f"t{unique}:outbox")
+    assert all(s == {"_v": b"7", "m@v1": b"x"} for s in states)
+    assert store.r.scard(f"t{unique}:outbox") == 2500
