@@ -184,7 +184,7 @@ class RangeReader:
                 "max.partition.fetch.bytes": fetch_bytes, "fetch.max.bytes": 4 * fetch_bytes,
                 "fetch.wait.max.ms": 50}
         conf.update(rdkafka_security(kafka_io._with_security({})))
-        self._c = Consumer(conf)
+        self._c = Consumer(conf, logger=log)
 
     def scan(self, rng: PartitionRange, codec: Codec | None = None) -> tuple[dict[str, SnapshotEntry], int]:
         """:func:`scan_range` with this reader: the newest entry per entity of [start, end), records read."""
@@ -497,7 +497,7 @@ class BatchProducer:
                 "message.timeout.ms": 30_000, "queue.buffering.max.messages": 500_000,
                 "queue.buffering.max.kbytes": 512 << 10, "delivery.report.only.error": True}
         conf.update(rdkafka_security(kafka_io._with_security({})))
-        self._p = Producer(conf)
+        self._p = Producer(conf, logger=log)  # librdkafka's log lines through logging, not raw stderr
 
     def send_batch(self, sends) -> None:
         """Send (topic, key, value[, headers]) records and wait until the broker acknowledged all of them;
