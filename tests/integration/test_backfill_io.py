@@ -140,3 +140,43 @@ def test_write_state_many_records_every_written_entity_in_the_outbox_beyond_one_
     states = store.write_state_many(ups, f"t{unique}:outbox")
     assert all(s == {"_v": b"7", "m@v1": b"x"} for s in states)
     assert store.r.scard(f"t{unique}:outbox") == 2500
+
+
+def test_publish_outbox_sends_the_current_full_state_of_what_a_dead_run_left(kafka_bootstrap, redis_url, unique):
+    """A backfill that died after its Redis write and before the acknowledged send leaves the entity in
+    the outbox; the next run publishes its state from Redis (skipping one deleted since) and empties it."""
+    from nearline import kafka_io
+    from nearline.backfill import BatchProducer, outbox_key, publish_outbox
+    from nearline.codec import Codec
+    from nearline.config import Config
+
+    cfg = Config()
+    cfg.redis.key_prefix, cfg.topics.embeddings = f"t{unique}", f"emb-{unique}"
+    kafka_io.ensure_topics(kafka_bootstrap, [cfg.topics.embeddings], 2)
+    store = RedisEmbeddingStore(redis_url, cfg.redis.key_prefix)
+    store.write_state_many([("member", "a", 5, {"m@v1": b"\x00" * 8}, False),
+                            ("member", "b", 6, {"m@v1": b"\x01" * 8, "m@v2": b"\x02" * 8}, True),
+                            ("job", "c", 7, {"j@v1": b"\x03" * 8}, False)], outbox_key(cfg.redis.key_prefix))
+    store.write([], [("job", "c", 8)])  # deleted since: the job published that tombstone
+    bp = BatchProducer(kafka_bootstrap)
+    try:
+        assert publish_outbox(cfg, store, bp, chunk=2) == 2
+    finally:
+        bp.close()
+    assert not store.r.exists(outbox_key(cfg.redis.key_prefix))
+    c = kafka_io.make_consumer(kafka_bootstrap, None)
+    tps = [kafka_io.TopicPartition(cfg.topics.embeddings, p) for p in range(2)]
+    c.assign(tps)
+    c.seek_to_beginning()
+    got, codec = {}, Codec()
+    deadline = kafka_io.time.monotonic() + 30
+    while len(got) < 2 and kafka_io.time.monotonic() < deadline:
+        for msgs in c.poll(200).values():
+            for m in msgs:
+                got[m.key.decode()] = (codec.decode(m.value), dict(m.headers))
+    c.close()
+    assert set(got) == {"member:a", "member:b"}
+    rec, headers = got["member:b"]
+    assert rec["version"] == 6 and rec["partial"] and headers["version"] == b"6"
+    assert {f"{e['model']}@{e['model_version']}": e["vector"] for e in rec["embeddings"]} == \
+           {"m@v1": b"\x01" * 8, "m@v2": b"\x02" * 8}
