@@ -3,7 +3,7 @@ nearline/backfill.py (scan, version-guarded score-and-write), unit-tested withou
 
     Create(partition ranges of the snapshot topic)
       -> ReadSnapshotRange (newest entry per entity of one partition, in batches)
-      -> BackfillBatch (Redis read -> score missing versions with ORT -> Kafka -> Redis CAS)
+      -> BackfillBatch (Redis read -> score missing versions with ORT -> Redis CAS -> full state to Kafka)
 
 No shuffle: every entity's records are in one partition of the snapshot topic, so the newest entry per
 entity is found inside one range, and the graph stays fusible (a batch is written while the next is

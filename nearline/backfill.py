@@ -3,12 +3,15 @@
 Plain Python, one batch at a time; beam_jobs/backfill_job.py wires it into a Beam batch pipeline and
 `nearline backfill` drives it (:func:`run_backfill`).
 
-    scan_range       one partition range of the snapshot topic -> the newest entry per entity
+    RangeReader      one partition range of the snapshot topic -> the newest entry per entity (librdkafka;
+                     scan_range is the same with a kafka-python consumer)
     BackfillStage    per batch of entities: one Redis read -> which versions each entity lacks -> score
                      them with the job's own ModelSet.score (same feature-to-tensor code, same ORT
-                     sessions options, so the bits are identical) -> dedupe -> EntityEmbeddings to Kafka
-                     (acknowledged) -> version-guarded Redis writes (the job's Lua CAS)
-    run_backfill     passes over the snapshot until it converges, progress bar, summary
+                     sessions options, so the bits are identical) -> dedupe -> version-guarded Redis
+                     writes (the job's CAS, one script call per batch, replying with each hash) -> the
+                     written entities' full state to the embedding topic (BatchProducer, acknowledged)
+    run_backfill     publishes what a dead run left in the outbox, then passes over the snapshot until it
+                     converges, progress bar, summary
 
 Version guard. The stored ``_v`` decides, per entity:
   * stored newer than the snapshot: skipped (the job wrote a newer version meanwhile; the job scores
