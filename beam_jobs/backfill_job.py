@@ -3,7 +3,7 @@ nearline/backfill.py (scan, version-guarded score-and-write), unit-tested withou
 
     Create(partition ranges of the snapshot topic)
       -> ReadSnapshotRange (newest entry per entity of one partition, in batches)
-      -> BackfillBatch (Redis read -> score missing versions with ORT -> Kafka -> Redis CAS)
+      -> BackfillBatch (Redis read -> score missing versions with ORT -> Redis CAS -> full state to Kafka)
 
 No shuffle: every entity's records are in one partition of the snapshot topic, so the newest entry per
 entity is found inside one range, and the graph stays fusible (a batch is written while the next is
@@ -22,24 +22,28 @@ log = logging.getLogger(__name__)
 
 
 class ReadSnapshotRange(beam.DoFn):
-    def __init__(self, bootstrap: str, batch_size: int):
-        self.bootstrap, self.batch_size = bootstrap, batch_size
+    def __init__(self, bootstrap: str, batch_size: int, kafka_cfg=None):
+        self.bootstrap, self.batch_size, self.kafka_cfg = bootstrap, batch_size, kafka_cfg
 
     def setup(self):
         from nearline import kafka_io
+        from nearline.backfill import RangeReader
         from nearline.codec import Codec
 
-        self.consumer = kafka_io.make_consumer(self.bootstrap, None, max_partition_fetch_bytes=8 << 20)
+        if self.kafka_cfg is not None:
+            kafka_io.configure_security(self.kafka_cfg)  # this DoFn may run in another process
+
+        self.reader = RangeReader(self.bootstrap)
         self.codec = Codec()
 
     def teardown(self):
-        if getattr(self, "consumer", None):
-            self.consumer.close(autocommit=False)
+        if getattr(self, "reader", None):
+            self.reader.close()
 
     def process(self, rng):
-        from nearline.backfill import batches_with_progress, decode_rows, scan_range
+        from nearline.backfill import batches_with_progress, decode_rows
 
-        entries, scanned = scan_range(self.consumer, rng, self.codec)
+        entries, scanned = self.reader.scan(rng, self.codec)
         first = True
         ordered = sorted(entries.values(), key=lambda e: e.offset)
         for chunk, share in batches_with_progress(ordered, self.batch_size, rng.size):
@@ -55,15 +59,16 @@ class BackfillBatch(beam.DoFn):
 
     def setup(self):
         from nearline import kafka_io
-        from nearline.backfill import BackfillStage, RunProgress
+        from nearline.backfill import BackfillStage, BatchProducer, RunProgress
         from nearline.registry import Registry
         from nearline.scoring import ModelSet, RegistryWatcher
         from nearline.store import RedisEmbeddingStore
 
         cfg = self.cfg
+        kafka_io.configure_security(cfg.kafka)  # this DoFn may run in another process
         models = ModelSet(RegistryWatcher(Registry(cfg.path(cfg.models.registry)), cfg.entity_types), cfg.job.ort_threads)
         store = RedisEmbeddingStore(self.redis_url, cfg.redis.key_prefix)
-        self.producer = kafka_io.make_producer(self.bootstrap, cfg.kafka.producer_linger_ms)
+        self.producer = BatchProducer(self.bootstrap)
         self.stage = BackfillStage(cfg, store, self.producer, models, set(self.chosen), rescore=self.rescore,
                                    dry_run=self.dry_run)
         self.progress = RunProgress(store.r, self.progress_key)
@@ -84,7 +89,7 @@ def build(p: beam.Pipeline, cfg, bootstrap: str, redis_url: str, ranges, chosen:
           dry_run: bool = False, rescore: bool = False, batch_size: int = 1024) -> None:
     (p
      | "SnapshotRanges" >> beam.Create(ranges)
-     | "ReadSnapshotRange" >> beam.ParDo(ReadSnapshotRange(bootstrap, batch_size))
+     | "ReadSnapshotRange" >> beam.ParDo(ReadSnapshotRange(bootstrap, batch_size, cfg.kafka))
      | "BackfillBatch" >> beam.ParDo(BackfillBatch(cfg, bootstrap, redis_url, chosen, progress_key, dry_run, rescore)))
 
 

@@ -13,7 +13,8 @@
    (session.run on pre-built tensors, same thread count), and onnxruntime + build_inputs.
    Ratio = backfill entities/s / ceiling entities/s (target >= 0.5). Also the same stages (scan +
    BackfillStage) in a plain Python loop without Beam: what the runner costs.
-4. --scale N: the same with 3 versions per type (`--all`) on an N-entity snapshot: wall time, peak RSS.
+4. --scale N: an N-entity snapshot (streamed in chunks: wall time, and this process's peak RSS), then
+   `nearline backfill --all` (3 versions per type) on it with its progress bar: wall time, peak RSS.
 
 Figures are noisy on a shared 2-core machine (other processes compete for the cores); say so when quoting.
 """
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from nearline import kafka_io  # noqa: E402
-from nearline.backfill import batches_with_progress, decode_rows, plan_ranges, scan_range  # noqa: E402
+from nearline.backfill import RangeReader, batches_with_progress, decode_rows, plan_ranges  # noqa: E402
 from nearline.codec import Codec  # noqa: E402
 from nearline.config import Config, ServicesConfig  # noqa: E402
 from nearline.features import build_inputs  # noqa: E402
@@ -60,26 +61,39 @@ def random_features(rng, manifest) -> dict:
     return feats
 
 
-def populate(cfg: Config, registry: Path, n: int, seed: int = 1) -> None:
+def populate(cfg: Config, registry: Path, n: int, seed: int = 1, progress: bool = False) -> dict:
+    """Write an n-entity snapshot, streamed in chunks (memory stays flat at any n); its wall time and the
+    peak RSS of this process so far."""
+    import resource
+
+    from tqdm import tqdm
+
+    from nearline.backfill import BatchProducer
+
     good, _ = Registry(registry).load()
     man = {p.manifest.entity_type: p.manifest for p in good if p.manifest.version == "v1"}
     rng = np.random.default_rng(seed)
     codec = Codec()
-    prod = kafka_io.make_producer(cfg.kafka.bootstrap, linger_ms=20, batch_size=256 << 10)
+    prod = BatchProducer(cfg.kafka.bootstrap)
     t0 = time.monotonic()
-    futs = []
-    for i in range(n):
-        etype, eid = ("member", f"m{i}") if i % 3 else ("job", f"j{i}")
-        rec = {"entity_type": etype, "entity_id": eid, "version": 1000 + i, "partial": False, "missing": [],
-               "features": random_features(rng, man[etype]), "written_at": 0}
-        futs.append(prod.send(cfg.topics.feature_snapshot, key=f"{etype}:{eid}".encode(), value=codec.encode(SCHEMA, rec),
-                              headers=[(VERSION_HEADER, str(rec["version"]).encode())]))
-        if len(futs) >= 20000:
-            prod.flush()
-            futs = []
-    prod.flush()
+    chunk = []
+    with tqdm(total=n, desc="snapshot", unit="entity", disable=not progress, mininterval=2, smoothing=0.1) as bar:
+        for i in range(n):
+            etype, eid = ("member", f"m{i}") if i % 3 else ("job", f"j{i}")
+            rec = {"entity_type": etype, "entity_id": eid, "version": 1000 + i, "partial": False, "missing": [],
+                   "features": random_features(rng, man[etype]), "written_at": 0}
+            chunk.append((cfg.topics.feature_snapshot, f"{etype}:{eid}".encode(), codec.encode(SCHEMA, rec),
+                          [(VERSION_HEADER, str(rec["version"]).encode())]))
+            if len(chunk) >= 20000:
+                prod.send_batch(chunk)
+                bar.update(len(chunk))
+                chunk = []
+        prod.send_batch(chunk)
+        bar.update(len(chunk))
     prod.close()
-    print(f"snapshot: {n} entities written in {time.monotonic() - t0:.1f}s", flush=True)
+    dt = time.monotonic() - t0
+    print(f"snapshot: {n} entities written in {dt:.1f}s", flush=True)
+    return {"entities": n, "wall_s": dt, "peak_rss_mb_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_threads: int) -> dict:
@@ -93,13 +107,14 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = ort_threads, 1, 3
         sessions[k] = ort.InferenceSession(str(p.onnx_path), so, providers=["CPUExecutionProvider"])
-    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None, max_partition_fetch_bytes=8 << 20)
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
+    reader = RangeReader(cfg.kafka.bootstrap)
     codec = Codec()
     batches = []  # (model key, feed)
     n_entities = 0
     t_build = 0.0
     for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
-        entries, _ = scan_range(c, rng, codec)
+        entries, _ = reader.scan(rng, codec)
         ordered = sorted(entries.values(), key=lambda e: e.offset)
         for chunk, _ in batches_with_progress(ordered, batch_size, rng.size):
             rows = decode_rows(chunk, rng.partition, codec)
@@ -108,13 +123,16 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
                 feats = [r.features for r in rows if r.entity_type == etype]
                 if not feats:
                     continue
+                feeds = {}  # as ModelSet.score: versions with the same inputs share one build
                 for k, p in pk.items():
                     if p.manifest.entity_type == etype:
                         t = time.perf_counter()
-                        feed = build_inputs(p.manifest, feats)
+                        sig = repr(p.manifest.inputs)
+                        feed = feeds[sig] = feeds.get(sig) or build_inputs(p.manifest, feats)
                         t_build += time.perf_counter() - t
                         batches.append((k, feed))
     c.close()
+    reader.close()
     t = time.perf_counter()
     for k, feed in batches:
         run_rows(sessions[k], pk[k].manifest.output_name, feed)
@@ -123,34 +141,84 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
             "ort_entities_per_s": n_entities / t_ort, "ort_build_entities_per_s": n_entities / (t_ort + t_build)}
 
 
-def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int) -> dict:
-    """The same stages (scan, BackfillStage) in a plain Python loop in this process: what Beam costs."""
-    from nearline.backfill import BackfillCounts, BackfillStage
+class StageTimer:
+    """Wall time per stage of the plain loop: each named function is wrapped (in this bench process only)
+    with a perf_counter; nested stages are subtracted from their parents, so the shares add up."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._stack: list[float] = []
+
+    def wrap(self, name: str, fn):
+        def timed(*a, **kw):
+            self._stack.append(0.0)
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                dt = time.perf_counter() - t
+                inner = self._stack.pop()
+                self.seconds[name] = self.seconds.get(name, 0.0) + dt - inner
+                if self._stack:
+                    self._stack[-1] += dt
+        return timed
+
+
+def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int, split: bool = False) -> dict:
+    """The same stages (scan, BackfillStage) in a plain Python loop in this process: what Beam costs.
+    ``split``: also the wall time per stage (StageTimer)."""
+    import nearline.backfill as backfill
+    import nearline.scoring as scoring
+    from nearline.backfill import BackfillCounts, BackfillStage, BatchProducer
     from nearline.scoring import ModelSet, RegistryWatcher
     from nearline.store import RedisEmbeddingStore
 
     cfg.models.registry = str(registry)
     store = RedisEmbeddingStore(cfg.redis.url, cfg.redis.key_prefix)
-    prod = kafka_io.make_producer(cfg.kafka.bootstrap, cfg.kafka.producer_linger_ms)
+    prod = BatchProducer(cfg.kafka.bootstrap)  # the backfill's own producer
     stage = BackfillStage(cfg, store, prod, ModelSet(RegistryWatcher(Registry(registry), cfg.entity_types, 0),
                                                      cfg.job.ort_threads), set(keys))
-    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None, max_partition_fetch_bytes=8 << 20)
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
+    reader = RangeReader(cfg.kafka.bootstrap)
     codec, total = Codec(), BackfillCounts()
+    timer, saved = StageTimer(), []
+    scan, decode, run = reader.scan, decode_rows, stage.run
+    if split:
+        scan, decode, run = timer.wrap("kafka_scan", scan), timer.wrap("avro_decode", decode), timer.wrap("other_python", run)
+        stage.codec.decode = timer.wrap("avro_decode", stage.codec.decode)
+        stage.codec.encode = timer.wrap("avro_encode", stage.codec.encode)
+        store.read_many = timer.wrap("redis_read", store.read_many)
+        store.write_state_many = timer.wrap("redis_write", store.write_state_many)
+        prod.send_batch = timer.wrap("kafka_produce", prod.send_batch)
+        for mod, name, label in ((scoring, "build_inputs", "build_inputs"), (scoring, "run_rows", "onnxruntime"),
+                                 (backfill, "decide", "dedupe")):
+            saved.append((mod, name, getattr(mod, name)))
+            setattr(mod, name, timer.wrap(label, getattr(mod, name)))
     t0 = time.monotonic()
-    for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
-        entries, _ = scan_range(c, rng, codec)
-        for chunk, _ in batches_with_progress(sorted(entries.values(), key=lambda e: e.offset), batch_size, rng.size):
-            total.add(stage.run(decode_rows(chunk, rng.partition, codec)))
+    try:
+        for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
+            entries, _ = scan(rng, codec)
+            for chunk, _ in batches_with_progress(sorted(entries.values(), key=lambda e: e.offset), batch_size, rng.size):
+                total.add(run(decode(chunk, rng.partition, codec)))
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
     dt = time.monotonic() - t0
     c.close()
+    reader.close()
     prod.close()
-    return {"seconds": dt, "entities": total.entities, "written": total.written, "entities_per_s": total.entities / dt}
+    out = {"seconds": dt, "entities": total.entities, "written": total.written, "entities_per_s": total.entities / dt}
+    if split:
+        out["split_s"] = dict(sorted(timer.seconds.items(), key=lambda kv: -kv[1]))
+        out["split_us_per_entity"] = {k: 1e6 * v / max(1, total.entities) for k, v in out["split_s"].items()}
+    return out
 
 
-def run_cli(conf: Path, models: list[str] | None, batch_size: int, log: Path, beam_args: list[str]) -> dict:
+def run_cli(conf: Path, models: list[str] | None, batch_size: int, log: Path, beam_args: list[str],
+            progress: bool = False) -> dict:
     args = ["--all"] if models is None else ["--models", *models]
     cmd = [sys.executable, "-m", "nearline.cli", "--config", str(conf), "backfill", *args, "--batch-size", str(batch_size),
-           "--no-progress", "--json", *(["--", *beam_args] if beam_args else [])]
+           *([] if progress else ["--no-progress"]), "--json", *(["--", *beam_args] if beam_args else [])]
     t0 = time.monotonic()
     with open(log, "wb") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -179,6 +247,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--scale", type=int, default=0, help="also a --all run on a snapshot of this many entities")
     ap.add_argument("--out", help="write the figures as JSON here")
+    ap.add_argument("--two-workers", action="store_true",
+                    help="also run each backfill with Beam's multi-process FnApiRunner on 2 workers (both cores)")
     ap.add_argument("beam_args", nargs="*", help="Beam options for the backfill after --, e.g. -- --direct_num_workers=2")
     args = ap.parse_args()
 
@@ -198,18 +268,36 @@ def main():
         kafka_io.ensure_topics(cfg.kafka.bootstrap, cfg.all_topics(), cfg.topics.partitions)
         ensure_snapshot_topic(cfg.kafka.bootstrap, cfg)
         populate(cfg, registry, args.entities)
+        # warm-up, not measured: the first pass over a fresh broker and Redis ran ~30% slower in every
+        # configuration (page cache, Redis allocations), which would favour whichever run came second
+        plain_loop(cfg, registry, [f"{side}_pyramid@v1" for side in ("member", "job")], args.batch_size)
+        wipe(cfg.redis.url, cfg.redis.key_prefix)
         for k in (1, 3):
             models = [f"{side}_pyramid@v{i}" for side in ("member", "job") for i in range(1, k + 1)]
             wipe(cfg.redis.url, cfg.redis.key_prefix)
             bf = run_cli(conf, models, args.batch_size, tmp / f"backfill-{k}.log", args.beam_args)
             wipe(cfg.redis.url, cfg.redis.key_prefix)
+            if args.two_workers:
+                bf2 = run_cli(conf, models, args.batch_size, tmp / f"backfill-{k}-2w.log",
+                              [*args.beam_args, "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+                wipe(cfg.redis.url, cfg.redis.key_prefix)
             loop = plain_loop(cfg, registry, models, args.batch_size)
             assert loop["written"] == bf["written"], (loop, bf)
+            wipe(cfg.redis.url, cfg.redis.key_prefix)
+            split = plain_loop(cfg, registry, models, args.batch_size, split=True)
+            loop["split_s"], loop["split_us_per_entity"] = split["split_s"], split["split_us_per_entity"]
+            print(f"{k} version(s)/type, plain loop, wall time per stage (us/entity): " +
+                  ", ".join(f"{n} {v:.1f}" for n, v in split["split_us_per_entity"].items()), flush=True)
             ceil = ceiling(cfg, registry, models, args.batch_size, cfg.job.ort_threads)
             results[f"models_{k}"] = {"backfill": bf, "ceiling": ceil, "plain_loop": loop,
                                       "ratio_vs_plain_loop": bf["entities_per_s"] / loop["entities_per_s"],
                                       "ratio_vs_ort": bf["entities_per_s"] / ceil["ort_entities_per_s"],
                                       "ratio_vs_ort_build": bf["entities_per_s"] / ceil["ort_build_entities_per_s"]}
+            if args.two_workers:
+                results[f"models_{k}"].update(backfill_2_workers=bf2,
+                                              ratio_2_workers_vs_ort=bf2["entities_per_s"] / ceil["ort_entities_per_s"])
+                print(f"{k} version(s)/type, 2 Beam workers: {bf2['entities_per_s']:,.0f} entities/s "
+                      f"(ratio vs ORT alone {bf2['entities_per_s'] / ceil['ort_entities_per_s']:.2f})", flush=True)
             print(f"{k} version(s)/type: backfill {bf['entities_per_s']:,.0f} entities/s (wall {bf['wall_s']:.1f}s, "
                   f"peak RSS {bf['peak_rss_mb']:.0f} MB, written {bf['written']}) | onnxruntime alone "
                   f"{ceil['ort_entities_per_s']:,.0f}/s, with build_inputs {ceil['ort_build_entities_per_s']:,.0f}/s, "
@@ -222,11 +310,14 @@ def main():
                                             "topics": {"feature_snapshot": cfg.topics.feature_snapshot},
                                             "models": {"registry": str(registry)}}))
             ensure_snapshot_topic(cfg.kafka.bootstrap, cfg)
-            populate(cfg, registry, args.scale, seed=2)
+            gen = populate(cfg, registry, args.scale, seed=2, progress=True)
             wipe(cfg.redis.url, cfg.redis.key_prefix)
-            bf = run_cli(conf, None, args.batch_size, tmp / "backfill-scale.log", args.beam_args)
-            results["scale"] = {"entities": args.scale, **bf}
-            print(f"scale: {args.scale:,} entities, 3 versions/type (--all): wall {bf['wall_s']:.0f}s, "
+            log = tmp / "backfill-scale.log"
+            print(f"scale backfill running; its progress bar: tail -f {log}", flush=True)
+            bf = run_cli(conf, None, args.batch_size, log, args.beam_args, progress=True)
+            results["scale"] = {"entities": args.scale, "snapshot_fill": gen, "backfill": bf}
+            print(f"scale: {args.scale:,} entities: snapshot fill {gen['wall_s']:.0f}s (bench process peak RSS "
+                  f"{gen['peak_rss_mb_so_far']:.0f} MB); backfill 3 versions/type (--all): wall {bf['wall_s']:.0f}s, "
                   f"{bf['entities_per_s']:,.0f} entities/s, peak RSS {bf['peak_rss_mb']:.0f} MB, written {bf['written']}",
                   flush=True)
         results["loadavg_end"] = os.getloadavg()[0]

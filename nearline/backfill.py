@@ -3,12 +3,15 @@
 Plain Python, one batch at a time; beam_jobs/backfill_job.py wires it into a Beam batch pipeline and
 `nearline backfill` drives it (:func:`run_backfill`).
 
-    scan_range       one partition range of the snapshot topic -> the newest entry per entity
+    RangeReader      one partition range of the snapshot topic -> the newest entry per entity (librdkafka;
+                     scan_range is the same with a kafka-python consumer)
     BackfillStage    per batch of entities: one Redis read -> which versions each entity lacks -> score
                      them with the job's own ModelSet.score (same feature-to-tensor code, same ORT
-                     sessions options, so the bits are identical) -> dedupe -> EntityEmbeddings to Kafka
-                     (acknowledged) -> version-guarded Redis writes (the job's Lua CAS)
-    run_backfill     passes over the snapshot until it converges, progress bar, summary
+                     sessions options, so the bits are identical) -> dedupe -> version-guarded Redis
+                     writes (the job's CAS, one script call per batch, replying with each hash) -> the
+                     written entities' full state to the embedding topic (BatchProducer, acknowledged)
+    run_backfill     publishes what a dead run left in the outbox, then passes over the snapshot until it
+                     converges, progress bar, summary
 
 Version guard. The stored ``_v`` decides, per entity:
   * stored newer than the snapshot: skipped (the job wrote a newer version meanwhile; the job scores
@@ -46,11 +49,15 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from nearline.codec import Codec, CodecError
 from nearline.deadletter import encode_dead_letter
 from nearline.dedupe import decide
 from nearline.lifecycle import retry_until_done
+from nearline.embedding_messages import full_state_record, full_state_send
 from nearline.snapshot import SCHEMA, SnapshotEntry, latest_per_key
+from nearline.store import PARTIAL_FIELD, VERSION_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +163,80 @@ def scan_range(consumer, rng: PartitionRange, codec: Codec | None = None) -> tup
     return entries, scanned
 
 
+class _Record:
+    """The attributes of a consumer record that snapshot.latest_per_key reads."""
+
+    __slots__ = ("key", "value", "headers", "offset")
+
+    def __init__(self, key, value, headers, offset):
+        self.key, self.value, self.headers, self.offset = key, value, headers, offset
+
+
+class RangeReader:
+    """Reads partition ranges of the snapshot topic with librdkafka (confluent-kafka): the scan is the
+    backfill's first stage, and kafka-python's per-record Python (record unpacking, a ConsumerRecord per
+    record) cost about as much as the scoring. No group: offsets are assigned, nothing is committed."""
+
+    def __init__(self, bootstrap: str, fetch_bytes: int = 8 << 20):
+        from confluent_kafka import Consumer
+
+        from nearline import kafka_io
+
+        conf = {"bootstrap.servers": bootstrap, "group.id": "nearline-backfill-scan", "enable.auto.commit": False,
+                "enable.auto.offset.store": False, "enable.partition.eof": True,
+                "max.partition.fetch.bytes": fetch_bytes, "fetch.max.bytes": 4 * fetch_bytes,
+                "fetch.wait.max.ms": 50}
+        conf.update(rdkafka_security(kafka_io._with_security({})))
+        self._c = Consumer(conf, logger=log)
+
+    def scan(self, rng: PartitionRange, codec: Codec | None = None) -> tuple[dict[str, SnapshotEntry], int]:
+        """:func:`scan_range` with this reader: the newest entry per entity of [start, end), records read."""
+        from confluent_kafka import KafkaError, TopicPartition
+
+        if rng.size == 0:
+            return {}, 0
+        self._c.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
+        entries: dict[str, SnapshotEntry] = {}
+        scanned, pos = 0, rng.start
+        idle_deadline = time.monotonic() + 60
+        try:
+            while pos < rng.end:
+                # consume() waits until it has num_messages or the timeout: never ask for more than is left
+                msgs = self._c.consume(max(1, min(10_000, rng.end - pos)), timeout=0.2)
+                recs = []
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            pos = max(pos, m.offset())
+                            continue
+                        raise BackfillError(f"reading snapshot {rng.topic}[{rng.partition}]: {err}")
+                    off = m.offset()
+                    pos = off + 1
+                    if off < rng.end:
+                        recs.append(_Record(m.key(), m.value(), m.headers(), off))
+                if not recs:
+                    if pos >= rng.end:
+                        break
+                    if time.monotonic() > idle_deadline:
+                        raise BackfillError(f"snapshot {rng.topic}[{rng.partition}] stopped at offset {pos} before "
+                                            f"{rng.end}: is the broker up?")
+                    continue
+                idle_deadline = time.monotonic() + 60
+                part, n = latest_per_key(recs, codec)
+                scanned += n
+                for k, e in part.items():
+                    cur = entries.get(k)
+                    if cur is None or e.version >= cur.version:
+                        entries[k] = e
+        finally:
+            self._c.unassign()
+        return entries, scanned
+
+    def close(self) -> None:
+        self._c.close()
+
+
 def decode_rows(entries: list[SnapshotEntry], partition: int, codec: Codec) -> list[SnapshotRow]:
     rows = []
     for e in entries:
@@ -241,8 +322,7 @@ class BackfillStage:
         rows = [r for r in rows if not r.error and (r.entity_type in self.by_type or r.deleted)]
         if not rows and not dead:
             return c
-        reads = self.store.read([(r.entity_type, r.entity_id) for r in rows],
-                                [self.by_type.get(r.entity_type, []) for r in rows])
+        reads = self._read(rows)
         groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
         deletes = []
         for i, (r, (sv, sp, sf)) in enumerate(zip(rows, reads)):
@@ -292,64 +372,170 @@ class BackfillStage:
             for local, err in bad.items():
                 c.failed += len(keys)
                 dead.append((rows[idx[local]], err))
+            # one tobytes per model and batch, sliced per entity (the same bytes as per-row tobytes)
+            flat = {k: (np.ascontiguousarray(scores[k], dtype="<f4").tobytes(), scores[k].shape[1] * 4) for k in keys}
             for local, i in enumerate(idx):
                 if local in bad:
                     continue
-                import numpy as np
-
-                emb[i] = {k: np.ascontiguousarray(scores[k][local], dtype="<f4").tobytes() for k in keys}
+                emb[i] = {k: b[local * w:(local + 1) * w] for k, (b, w) in flat.items()}
         tol = self.cfg.dedupe.tolerance
-        upserts, sends, counted = [], [], []
-        now_ms = int(time.time() * 1000)
+        upserts, changed_keys, counted = [], [], []
         for i, vecs in emb.items():
             r, (sv, sp, sf) = rows[i], reads[i]
             d = decide(sv, sf, r.version, vecs, tol, partial=r.partial, stored_partial=sp)  # the job's rule
             if d.stale:
                 c.skipped_newer += len(vecs)
                 continue
-            changed = d.changed
             c.deduped += d.unchanged
-            if not changed:
+            if not d.changed:
+                continue  # nothing changed: no write, no message
+            upserts.append((r.entity_type, r.entity_id, r.version, d.changed, r.partial))
+            changed_keys.append((r, d.changed))
+            counted.append(len(d.changed))
+        if self.before_write is not None:
+            self.before_write(rows, upserts)
+        # 1. Redis, the job's version guard, many entities per call; each applied write returns the
+        #    entity's whole hash, and its key joins the outbox in the same call (see publish_outbox)
+        states = self.store.write_state_many(upserts, outbox_key(self.cfg.redis.key_prefix)) if upserts else []
+        sends, published = [], []
+        now_ms = int(time.time() * 1000)
+        for (r, changed), n, state in zip(changed_keys, counted, states):
+            if state is None:
+                c.skipped_newer += n  # the job wrote a newer version between our read and our write
                 continue
-            upserts.append((r.entity_type, r.entity_id, r.version, changed, r.partial))
-            counted.append(len(changed))
-            entries = []
-            for k in sorted(changed):
-                name, _, ver = k.partition("@")
-                entries.append({"model": name, "model_version": ver, "dim": len(changed[k]) // 4,
-                                "vector": changed[k], "produced_at": now_ms})
-            sends.append((self.cfg.topics.embeddings, r.key.encode(), self.codec.encode("EntityEmbeddings", {
-                "entity_type": r.entity_type, "entity_id": r.entity_id, "version": r.version, "deleted": False,
-                "partial": r.partial, "embeddings": entries})))
+            c.written += n
+            c.entities_written += 1
+            sends.append(self._full_state(r.entity_type, r.entity_id, state, changed, now_ms))
+            published.append(self.store.key(r.entity_type, r.entity_id))
         for r, err in dead:
             sends.append((self.cfg.topics.dead_letter, r.key.encode(), encode_dead_letter(
                 self.codec, original=r.raw or b"", key=r.key.encode(), topic=self.cfg.topics.feature_snapshot,
                 partition=r.partition, offset=r.offset, stage="nearline.backfill", error=err)))
             log.warning("backfill dead letter: %s", err)
-        if self.before_write is not None:
-            self.before_write(rows, upserts)
-        self._send_all(sends)                               # 1. Kafka (acknowledged)
-        applied = self.store.write(upserts, deletes)        # 2. Redis, the job's version-guarded CAS
-        for n, ok in zip(counted, applied[:len(upserts)]):
-            if ok:
-                c.written += n
-                c.entities_written += 1
-            else:
-                c.skipped_newer += n  # the job wrote a newer version between our read and our write
-        c.tombstones += sum(applied[len(upserts):])
+        self._send_all(sends)                               # 2. Kafka: full state, acknowledged
+        if published:                                       # 3. published: out of the outbox
+            self.store._retrying("outbox", lambda: self.store.r.srem(outbox_key(self.cfg.redis.key_prefix), *published))
+        if deletes:
+            c.tombstones += sum(self.store.write([], deletes))
         return c
+
+    def _read(self, rows: list[SnapshotRow]) -> list[tuple]:
+        """The stored (version, partial, fields) of each row's entity: one script call per entity type."""
+        out: list = [None] * len(rows)
+        by_type: dict[str, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_type.setdefault(r.entity_type, []).append(i)
+        for etype, idx in by_type.items():
+            res = self.store.read_many([(etype, rows[i].entity_id) for i in idx], self.by_type.get(etype, []))
+            for i, x in zip(idx, res):
+                out[i] = x
+        return out
+
+    def _full_state(self, entity_type: str, entity_id: str, state: dict[str, bytes], changed, now_ms: int) -> tuple:
+        """The embedding topic's full-state message (nearline/embedding_messages.py) of a hash just written:
+        every registered version the entity holds, like the job's messages."""
+        keys = self.by_type.get(entity_type, [])
+        rec = full_state_record(entity_type, entity_id, int(state[VERSION_FIELD]), {k: state[k] for k in keys if k in state},
+                                changed, now_ms, PARTIAL_FIELD in state)
+        return full_state_send(self.cfg.topics.embeddings, f"{entity_type}:{entity_id}", rec, self.codec)
 
     def _send_all(self, sends) -> None:
         if not sends:
             return
+        if hasattr(self.producer, "send_batch"):  # BatchProducer
+            retry_until_done(f"publishing {len(sends)} backfill records", lambda: self.producer.send_batch(sends), log)
+            return
 
         def send():
-            futs = [self.producer.send(t, key=k, value=v) for t, k, v in sends]
+            futs = [self.producer.send(s[0], key=s[1], value=s[2], headers=s[3] if len(s) > 3 else None) for s in sends]
             self.producer.flush(timeout=30)
             for f in futs:
                 f.get(timeout=30)
 
         retry_until_done(f"publishing {len(sends)} backfill records", send, log)
+
+
+# ---- the backfill's producer ---------------------------------------------------------------------
+# kafka-python setting -> librdkafka property (the same TLS/SASL settings as every other client)
+_RDKAFKA_SECURITY = {"security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanisms",
+                     "sasl_plain_username": "sasl.username", "sasl_plain_password": "sasl.password",
+                     "ssl_cafile": "ssl.ca.location", "ssl_certfile": "ssl.certificate.location",
+                     "ssl_keyfile": "ssl.key.location"}
+
+
+def rdkafka_security(kafka_python_kw: dict) -> dict:
+    """librdkafka properties for the security keyword arguments of nearline.kafka_io (configure_security)."""
+    out = {}
+    for k, v in kafka_python_kw.items():
+        if k == "ssl_check_hostname":
+            out["ssl.endpoint.identification.algorithm"] = "https" if v else "none"
+        elif k in _RDKAFKA_SECURITY:
+            out[_RDKAFKA_SECURITY[k]] = v
+        else:
+            raise BackfillError(f"Kafka security setting {k} has no librdkafka equivalent here")
+    return out
+
+
+class BatchProducer:
+    """The backfill's Kafka producer: librdkafka (confluent-kafka), one acknowledged flush per batch.
+
+    Why not kafka-python's KafkaProducer (the job's): the profile of a rebuild spent 30% of its time in
+    kafka-python's per-record Python (partitioner, accumulator, a socket wakeup per send); librdkafka
+    does that in C. The send contract is the job's: acks=all, every record of a batch acknowledged
+    before the batch's Redis effects count as published, the same TLS/SASL settings
+    (kafka_io.configure_security), retried with backoff on transient errors, a record the broker
+    refuses as too large is permanent. Idempotence is on: librdkafka keeps per-partition order and
+    drops retry duplicates (kafka-python's idempotent producer is what the job avoids, not this one)."""
+
+    def __init__(self, bootstrap: str, linger_ms: int = 20, batch_bytes: int = 1 << 20):
+        from confluent_kafka import Producer
+
+        from nearline import kafka_io
+
+        # murmur2_random: the Java client's (and kafka-python's) partitioner, so an entity's messages land
+        # in the partition the job's do (librdkafka's default, CRC32, would split a key over two
+        # partitions: no order between them, and compaction would keep both)
+        conf = {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "partitioner": "murmur2_random",
+                "linger.ms": linger_ms, "batch.size": batch_bytes, "compression.type": "none",
+                "message.timeout.ms": 30_000, "queue.buffering.max.messages": 500_000,
+                "queue.buffering.max.kbytes": 512 << 10, "delivery.report.only.error": True}
+        conf.update(rdkafka_security(kafka_io._with_security({})))
+        self._p = Producer(conf, logger=log)  # librdkafka's log lines through logging, not raw stderr
+
+    def send_batch(self, sends) -> None:
+        """Send (topic, key, value[, headers]) records and wait until the broker acknowledged all of them;
+        raises if any failed (the caller retries the batch: a duplicate is harmless, a loss is not)."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        from nearline.lifecycle import PermanentError
+
+        failed: list = []
+
+        def report(err, msg):  # called for failures only (delivery.report.only.error)
+            failed.append(err)
+
+        for s in sends:
+            topic, key, value = s[0], s[1], s[2]
+            headers = s[3] if len(s) > 3 else None
+            while True:
+                try:
+                    self._p.produce(topic, value, key, headers=headers, on_delivery=report)
+                    break
+                except BufferError:  # local queue full: let librdkafka drain it
+                    self._p.poll(0.05)
+                except KafkaException as exc:
+                    if exc.args and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                        raise PermanentError(f"record for {topic} too large: {exc}") from exc
+                    raise
+        left = self._p.flush(60)
+        if left or failed:
+            err = failed[0] if failed else f"{left} records unacknowledged after 60 s"
+            if failed and failed[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                raise PermanentError(f"the broker refused a record as too large: {err}")
+            raise RuntimeError(f"{len(failed) or left} of {len(sends)} records not acknowledged: {err}")
+
+    def close(self, timeout: float = 10) -> None:
+        self._p.flush(timeout)
 
 
 # ---- progress, requests, markers (Redis) ---------------------------------------------------------
@@ -376,6 +562,48 @@ class RunProgress:
 def requests_key(prefix: str) -> str:
     """Hash of model versions whose backfill was requested and has not completed (model key -> time)."""
     return f"{prefix}:backfill:requested"
+
+
+def outbox_key(prefix: str) -> str:
+    """Set of entity hash keys the backfill wrote whose full state is not yet acknowledged on the
+    embedding topic (added by the write script, removed after the acknowledged send)."""
+    return f"{prefix}:backfill:unpublished"
+
+
+def publish_outbox(cfg, store, producer, codec: Codec | None = None, registered: dict[str, list[str]] | None = None,
+                   chunk: int = 1000) -> int:
+    """Publish the current full state of every entity in the outbox (a backfill that died between its
+    Redis write and the acknowledged send), then remove it; returns how many. A rerun calls it first,
+    so a crash at any point loses no message: the rerun's dedupe finds the fields written and would
+    not publish them again. ``registered``: model keys per entity type (None: every field)."""
+    codec = codec or Codec()
+    key = outbox_key(cfg.redis.key_prefix)
+    n = 0
+    plen = len(cfg.redis.key_prefix) + 1
+    while True:
+        members = store._retrying("outbox", lambda: store.r.srandmember(key, chunk))
+        if not members:
+            return n
+        pipe = store.r.pipeline(transaction=False)
+        for m in members:
+            pipe.hgetall(m)
+        hashes = store._retrying("outbox", pipe.execute)
+        sends, now_ms = [], int(time.time() * 1000)
+        for m, h in zip(members, hashes):
+            h = {k.decode(): v for k, v in h.items()}
+            etype, _, eid = m.decode()[plen:].partition(":")
+            if VERSION_FIELD not in h or "_deleted" in h:
+                continue  # gone or deleted since: the job published that
+            keys = (registered or {}).get(etype) or [k for k in h if not k.startswith("_")]
+            # which fields that run changed is not known any more: every entry is marked changed
+            rec = full_state_record(etype, eid, int(h[VERSION_FIELD]), {k: h[k] for k in keys if k in h}, set(keys),
+                                    now_ms, PARTIAL_FIELD in h)
+            sends.append(full_state_send(cfg.topics.embeddings, f"{etype}:{eid}", rec, codec))
+        if sends:
+            retry_until_done(f"publishing {len(sends)} unpublished backfill states", lambda: producer.send_batch(sends), log)
+        store._retrying("outbox", lambda: store.r.srem(key, *members))
+        n += len(sends)
+        log.warning("backfill: published %d full states a previous run wrote to Redis but had not published", len(sends))
 
 
 def done_key(prefix: str) -> str:
@@ -466,6 +694,12 @@ def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | Non
             pipe.execute()
             owner = os.environ.get("NEARLINE_BACKFILL_OWNER") or f"backfill-{run_id}"
             keeper = LeaseKeeper(store.r, cfg.redis.key_prefix, chosen, owner).__enter__()
+            if store.r.scard(outbox_key(cfg.redis.key_prefix)):  # a run died between Redis and Kafka
+                producer = BatchProducer(bootstrap)
+                try:
+                    publish_outbox(cfg, store, producer)
+                finally:
+                    producer.close()
         since: dict[int, int] = {}
         t0 = time.monotonic()
         passes = 0

@@ -188,11 +188,15 @@ class ModelSet:
         """
         out: dict[str, np.ndarray] = {}
         bad: dict[int, str] = {}
+        feeds: dict[tuple, dict] = {}  # versions of one tower share their inputs: build the tensors once
         for m in self.for_type(entity_type):
             man = m.package.manifest
             rows_idx = [i for i in range(len(feature_rows)) if i not in bad]
+            shared = (repr(man.inputs), tuple(rows_idx))
             try:
-                feed = build_inputs(man, [feature_rows[i] for i in rows_idx], m.encoders)
+                feed = feeds.get(shared)
+                if feed is None:
+                    feed = feeds[shared] = build_inputs(man, [feature_rows[i] for i in rows_idx], m.encoders)
             except FeatureShapeError:
                 keep = []
                 for i in rows_idx:

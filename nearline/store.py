@@ -71,12 +71,69 @@ return 1
 """
 
 
+# The backfill's batch forms: many entities per call (one EVALSHA per batch instead of one per entity;
+# the per-command cost of a pipeline was most of the backfill's Redis time). Single-node Redis only
+# (the keys of one call may hash to different cluster slots), as is RedisEmbeddingStore.
+# READ_MANY  ARGV: nfields, field..., then KEYS are the entities; per entity the HMGET of _v, _partial, fields.
+_READ_MANY = """
+local n = tonumber(ARGV[1])
+local fields = {'_v', '_partial'}
+for j = 1, n do fields[#fields + 1] = ARGV[1 + j] end
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], unpack(fields)) end
+return out
+"""
+
+# WRITE_STATE_MANY  KEYS[1]: the outbox set (entities written whose full state is not yet published, or
+# '' for none); KEYS[2..]: entities. ARGV per entity: version, partial flag, number of fields, field,
+# value, ...  The guard is _WRITE's, statement for statement; per entity the reply is 0 (refused) or its
+# hash after the write without the fields just written, so the caller has the full state without a
+# second trip.
+_WRITE_STATE_MANY = _VCMP + """
+local a = 1
+local out, applied = {}, {}
+for i = 2, #KEYS do
+  local key, ver, partial, n = KEYS[i], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local first, last = a + 3, a + 2 + 2 * n
+  a = last + 1
+  local ok = true
+  local cur = redis.call('HGET', key, '_v')
+  if cur then
+    local c = vcmp(cur, ver)
+    if c > 0 then ok = false
+    elseif c == 0 and partial == '1' and redis.call('HEXISTS', key, '_partial') == 0 then ok = false end
+  end
+  if ok then
+    redis.call('HSET', key, '_v', ver, unpack(ARGV, first, last))
+    redis.call('HDEL', key, '_deleted')
+    if partial == '1' then redis.call('HSET', key, '_partial', '1') else redis.call('HDEL', key, '_partial') end
+    applied[#applied + 1] = key
+    -- the hash minus the fields just written (the caller has those): a rebuild's reply is only _v
+    local written, rest, all = {}, {}, redis.call('HGETALL', key)
+    for j = first, last, 2 do written[ARGV[j]] = true end
+    for j = 1, #all, 2 do
+      if not written[all[j]] then rest[#rest + 1] = all[j]; rest[#rest + 1] = all[j + 1] end
+    end
+    out[i - 1] = rest
+  else
+    out[i - 1] = 0
+  end
+end
+if KEYS[1] ~= '' then  -- one SADD per 1000 keys, not one per entity (unpack's stack limit is 8000)
+  for j = 1, #applied, 1000 do redis.call('SADD', KEYS[1], unpack(applied, j, math.min(j + 999, #applied))) end
+end
+return out
+"""
+
+
 class RedisEmbeddingStore:
     def __init__(self, url: str, prefix: str = "emb", retry_max_s: float = 30.0):
         self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self.prefix, self.retry_max_s = prefix, retry_max_s
         self._write = self.r.register_script(_WRITE)
         self._delete = self.r.register_script(_DELETE)
+        self._read_many = self.r.register_script(_READ_MANY)
+        self._write_state_many = self.r.register_script(_WRITE_STATE_MANY)
         self.retries = 0
 
     def key(self, entity_type: str, entity_id: str) -> str:
@@ -130,6 +187,40 @@ class RedisEmbeddingStore:
         if not upserts and not deletes:
             return []
         return [bool(x) for x in self._retrying("write", run)]
+
+    def read_many(self, entities: list[tuple[str, str]], fields: list[str]) -> list[tuple[int | None, bool, dict[str, bytes | None]]]:
+        """:meth:`read` with the same fields for every entity, in one script call (the backfill's read)."""
+        if not entities:
+            return []
+        keys = [self.key(t, i) for t, i in entities]
+        rows = self._retrying("read", lambda: self._read_many(keys=keys, args=[len(fields), *fields]))
+        return [(int(res[0]) if res[0] is not None else None, res[1] is not None, dict(zip(fields, res[2:])))
+                for res in rows]
+
+    def write_state_many(self, upserts: list[tuple], outbox: str | None = None) -> list[dict[str, bytes] | None]:
+        """:meth:`write`'s version-guarded upserts in one script call; for each upsert None (refused: a
+        newer version is stored) or the entity's whole hash after the write (field -> bytes, the meta
+        fields too). ``outbox``: a set the written entities' keys are added to in the same call."""
+        if not upserts:
+            return []
+        keys, args = [outbox or ""], []
+        for up in upserts:
+            t, i, version, fields = up[:4]
+            check_version(version)
+            keys.append(self.key(t, i))
+            args += [str(int(version)), "1" if len(up) > 4 and up[4] else "0", len(fields)]
+            for kv in fields.items():
+                args += kv
+        res = self._retrying("write", lambda: self._write_state_many(keys=keys, args=args))
+        out: list[dict[str, bytes] | None] = []
+        for up, x in zip(upserts, res):
+            if x == 0:
+                out.append(None)
+                continue
+            state = {x[j].decode(): x[j + 1] for j in range(0, len(x), 2)}
+            state.update((k, v if isinstance(v, bytes) else str(v).encode()) for k, v in up[3].items())
+            out.append(state)
+        return out
 
     def get(self, entity_type: str, entity_id: str) -> dict[str, bytes]:
         return {k.decode(): v for k, v in self.r.hgetall(self.key(entity_type, entity_id)).items()}

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from nearline import kafka_io
-from nearline.backfill import BackfillStage, done_key, plan_ranges, decode_rows, requests_key, run_backfill, scan_range
+from nearline.backfill import (BackfillStage, done_key, outbox_key, plan_ranges, decode_rows, requests_key, run_backfill,
+                               scan_range)
 from nearline.codec import Codec
 from nearline.features import build_inputs
 from nearline.join import Deleted, Joined
@@ -228,11 +229,16 @@ def test_backfill_of_a_new_version_reaches_every_live_entity_and_is_idempotent(w
     for key, h in after.items():
         if key.split(":")[1] == "job" or b"_deleted" in h:
             assert new.encode() not in h
-    # published: one message per entity with only the new version
+    # published: one message per entity, its full state (every version it holds, as in Redis after the write)
     msgs = [m for m in _reader(w).topic_records(w.cfg.topics.embeddings)
             if any(e["model_version"] == "v2" for e in m["embeddings"])]
     assert len(msgs) == len(live_members)
-    assert all([f"{e['model']}@{e['model_version']}" for e in m["embeddings"]] == [new] for m in msgs)
+    for m in msgs:
+        h = w.store.get(m["entity_type"], m["entity_id"])
+        assert {f"{e['model']}@{e['model_version']}": e["vector"] for e in m["embeddings"]} == \
+               {f: v for f, v in h.items() if not f.startswith("_")}, m["entity_id"]
+        assert m["version"] == int(h["_v"]) and not m["deleted"]
+    assert not w.store.r.exists(outbox_key(w.cfg.redis.key_prefix)), "acknowledged states left in the outbox"
     # idempotent: a rerun writes nothing and finds everything in place
     again = run_backfill(w.cfg, w.cfg.kafka.bootstrap, w.cfg.redis.url, models=[new], progress=False)
     assert again.counts.written == 0 and again.counts.deduped == len(live_members)
@@ -322,6 +328,17 @@ def test_killed_backfill_reruns_to_completion(world, tmp_path):
     for k in live_members:
         assert np.array_equal(np.frombuffer(w.store.get(*k.split(":", 1))[new], "<f4"), expected[k]), k
     assert w.store.r.hget(requests_key(w.cfg.redis.key_prefix), new) is None
+    # nothing lost on the topic either: a state written to Redis just before the kill was published by
+    # the rerun (the outbox); every member's newest message is its full state in Redis
+    latest = {}
+    for m in _reader(w).topic_records(w.cfg.topics.embeddings):
+        if "entity_type" in m:
+            latest[f"{m['entity_type']}:{m['entity_id']}"] = m
+    for k in live_members:
+        h = w.store.get(*k.split(":", 1))
+        assert {f"{e['model']}@{e['model_version']}": e["vector"] for e in latest[k]["embeddings"]} == \
+               {f: v for f, v in h.items() if not f.startswith("_")}, k
+    assert not w.store.r.exists(outbox_key(w.cfg.redis.key_prefix))
 
 
 def test_retire_removes_the_version_everywhere(world, tmp_path):

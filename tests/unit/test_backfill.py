@@ -110,3 +110,19 @@ def test_backfill_pipeline_is_batch_on_the_jobs_runner():
     opts = pipeline_options(cfg, ["--streaming", "--direct_num_workers=2"]).get_all_options()
     assert opts["runner"] == "FnApiRunner" and not opts["streaming"] and opts["direct_num_workers"] == 2
     assert pipeline_options(cfg, ["--runner=FlinkRunner"]).get_all_options()["runner"] == "FlinkRunner"
+
+
+def test_librdkafka_gets_the_same_security_settings_as_kafka_python():
+    from nearline.backfill import rdkafka_security
+    from nearline.config import KafkaConfig
+    from nearline.kafka_io import security_settings
+
+    k = KafkaConfig()
+    k.security_protocol, k.sasl_mechanism, k.sasl_username, k.sasl_password = "SASL_SSL", "SCRAM-SHA-512", "u", "p"
+    k.ssl_cafile, k.ssl_check_hostname = "/ca.pem", False
+    assert rdkafka_security(security_settings(k)) == {
+        "security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512", "sasl.username": "u",
+        "sasl.password": "p", "ssl.ca.location": "/ca.pem", "ssl.endpoint.identification.algorithm": "none"}
+    assert rdkafka_security(security_settings(KafkaConfig())) == {}
+    with pytest.raises(BackfillError, match="no librdkafka equivalent"):
+        rdkafka_security({"ssl_crlfile": "/x"})
