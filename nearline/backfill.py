@@ -46,7 +46,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-from nearline.codec import Codec, CodecError
+from nearline.codec import Codec, CodecError, codec_for
 from nearline.deadletter import encode_dead_letter
 from nearline.dedupe import decide
 from nearline.lifecycle import retry_until_done
@@ -209,7 +209,7 @@ class BackfillStage:
                  dry_run: bool = False, codec: Codec | None = None, before_write=None):
         self.cfg, self.store, self.producer, self.models = cfg, store, producer, models
         self.chosen, self.rescore, self.dry_run = set(chosen), rescore, dry_run
-        self.codec = codec or Codec()
+        self.codec = codec or codec_for(cfg)
         self.before_write = before_write  # test hook: called between the Redis read and the writes
         self.by_type: dict[str, list[str]] = {}
         for k, m in sorted(models.models.items()):
