@@ -18,19 +18,22 @@ import logging
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from nearline.codec import codec_for
+
 log = logging.getLogger(__name__)
 
 
 class ReadSnapshotRange(beam.DoFn):
-    def __init__(self, bootstrap: str, batch_size: int):
+    def __init__(self, bootstrap: str, batch_size: int, codec=None):
         self.bootstrap, self.batch_size = bootstrap, batch_size
+        self.codec = codec  # codec_for(cfg): pickled with its cached schema-registry ids
 
     def setup(self):
         from nearline import kafka_io
         from nearline.codec import Codec
 
         self.consumer = kafka_io.make_consumer(self.bootstrap, None, max_partition_fetch_bytes=8 << 20)
-        self.codec = Codec()
+        self.codec = self.codec or Codec()
 
     def teardown(self):
         if getattr(self, "consumer", None):
@@ -84,7 +87,7 @@ def build(p: beam.Pipeline, cfg, bootstrap: str, redis_url: str, ranges, chosen:
           dry_run: bool = False, rescore: bool = False, batch_size: int = 1024) -> None:
     (p
      | "SnapshotRanges" >> beam.Create(ranges)
-     | "ReadSnapshotRange" >> beam.ParDo(ReadSnapshotRange(bootstrap, batch_size))
+     | "ReadSnapshotRange" >> beam.ParDo(ReadSnapshotRange(bootstrap, batch_size, codec_for(cfg)))
      | "BackfillBatch" >> beam.ParDo(BackfillBatch(cfg, bootstrap, redis_url, chosen, progress_key, dry_run, rescore)))
 
 
