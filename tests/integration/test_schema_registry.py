@@ -162,3 +162,37 @@ def test_unknown_schema_id_on_a_live_registry_is_a_codec_error(schema_registry_u
     reader = codec_for(confluent_cfg(kafka_bootstrap, redis_url, unique, schema_registry_url))
     with pytest.raises(UnknownSchemaError, match="schema id 987654 is not in the schema registry"):
         reader.decode(b"\x00" + (987654).to_bytes(4, "big") + b"\x02")
+
+
+def test_the_jobs_publish_stage_writes_confluent_framing_that_confluent_reads(kafka_bootstrap, redis_url,
+                                                                              schema_registry_url, unique):
+    """PublishStage (the job's write path) built from a confluent config: embeddings, tombstone marker,
+    dead letter and feature snapshot all come out Confluent-framed and Confluent's deserializer reads them."""
+    import numpy as np
+
+    from nearline.join import Deleted, Joined, RawRef, ReplayTimeout
+    from nearline.pipeline import PublishStage, WorkBatch
+    from nearline.store import RedisEmbeddingStore
+
+    cfg = confluent_cfg(kafka_bootstrap, redis_url, unique, schema_registry_url, wire_format="confluent")
+    kafka_io.ensure_topics(kafka_bootstrap, cfg.all_topics() + [cfg.topics.feature_snapshot], 4)
+    producer = kafka_io.make_producer(kafka_bootstrap)
+    stage = PublishStage(cfg, RedisEmbeddingStore(redis_url, cfg.redis.key_prefix), producer)
+    assert stage.codec.wire_format == "confluent"
+    vec = np.asarray([1.0, 2.0], dtype="<f4").tobytes()
+    stage.run(WorkBatch(0, joined=[Joined("member:a", "member", "a", 1, {}, False, [], [], 0.0)], embeddings=[{"m@v1": vec}]))
+    raw = RawRef(cfg.topics.entity_updates, 0, 12, b"member:e", b"\x01", True)
+    stage.run(WorkBatch(0, deleted=[Deleted("member:a", "member", "a", 2, [])],
+                        replay_timeouts=[ReplayTimeout("member:e", "member", "e", 3, ["geo"], raw, [])]))
+    producer.close()
+    confluent = AvroDeserializer(SchemaRegistryClient({"url": schema_registry_url}))
+    out = {}
+    for topic, n in ((cfg.topics.embeddings, 2), (cfg.topics.dead_letter, 1), (cfg.topics.feature_snapshot, 1)):
+        msgs = [m for m in read_all(kafka_bootstrap, topic, n) if m.value is not None]
+        assert msgs and all(m.value[:1] == b"\x00" for m in msgs), topic
+        out[topic] = [confluent(m.value, SerializationContext(topic, MessageField.VALUE)) for m in msgs]
+    emb = sorted(out[cfg.topics.embeddings], key=lambda r: r["version"])
+    assert [(r["version"], r["deleted"]) for r in emb] == [(1, False), (2, True)]
+    assert emb[0]["embeddings"][0]["vector"] == vec
+    assert out[cfg.topics.dead_letter][0]["offset"] == 12
+    assert out[cfg.topics.feature_snapshot][0]["entity_id"] == "a"
