@@ -98,11 +98,12 @@ class RegistrySchemas:
 
     Both caches (name -> id we registered, id -> writer schema) survive pickling (Beam ships codecs to
     workers); the HTTP client does not and is made again on first use. Every registry call is retried
-    with doubling backoff for ``retry_s``, then :class:`SchemaRegistryUnavailable` is raised; an answer
-    "no such id" is not retried (the message is bad: :class:`UnknownSchemaError`).
+    with doubling backoff for ``retry_s`` (None: until it succeeds or a stop is requested, the
+    backpressure of the long-running services), then :class:`SchemaRegistryUnavailable` is raised; an
+    answer "no such id" is not retried (the message is bad: :class:`UnknownSchemaError`).
     """
 
-    def __init__(self, url: str, username: str = "", password: str = "", retry_s: float = 30.0,
+    def __init__(self, url: str, username: str = "", password: str = "", retry_s: float | None = 30.0,
                  timeout_s: float = 5.0):
         self.url, self.username, self.password = url.rstrip("/"), username, password
         self.retry_s, self.timeout_s = retry_s, timeout_s
@@ -128,7 +129,7 @@ class RegistrySchemas:
 
         from nearline.lifecycle import backoff_sleep
 
-        deadline, delay = time.monotonic() + self.retry_s, 0.2
+        deadline, delay = time.monotonic() + (float("inf") if self.retry_s is None else self.retry_s), 0.2
         while True:
             try:
                 return fn()
@@ -289,21 +290,24 @@ def subjects_for(cfg) -> dict[str, list[str]]:
     return subjects
 
 
-_REGISTRIES: dict[tuple[str, str], RegistrySchemas] = {}
+_REGISTRIES: dict[tuple, RegistrySchemas] = {}
 
 
-def codec_for(cfg) -> Codec:
+def codec_for(cfg, *, retry_forever: bool = False) -> Codec:
     """The codec the config asks for (``kafka.wire_format``, ``kafka.schema_registry_*``). With
     'confluent' every schema is registered now, so the ids are cached before the first message (and
-    travel with pickled codecs); one registry cache is shared by every codec of the process."""
+    travel with pickled codecs); one registry cache is shared by every codec of the process.
+    ``retry_forever`` (the job, the standardizers): a registry outage is waited out with backoff (logged,
+    stoppable, input uncommitted) instead of raising after ``kafka.schema_registry_retry_s``."""
     k = cfg.kafka
     registry = None
     if k.schema_registry_url:
-        key = (k.schema_registry_url, k.schema_registry_username)
+        retry_s = None if retry_forever else k.schema_registry_retry_s
+        key = (k.schema_registry_url, k.schema_registry_username, retry_s)
         registry = _REGISTRIES.get(key)
         if registry is None:
             registry = _REGISTRIES[key] = RegistrySchemas(k.schema_registry_url, k.schema_registry_username,
-                                                          k.schema_registry_password, k.schema_registry_retry_s)
+                                                          k.schema_registry_password, retry_s)
     codec = Codec(wire_format=k.wire_format, registry=registry, subjects=subjects_for(cfg))
     if k.wire_format == "confluent":
         codec.register_all()

@@ -89,8 +89,9 @@ class KafkaConfig:
     schema_registry_password: str = ""
     """Prefer the environment variable NEARLINE_SCHEMA_REGISTRY_PASSWORD to a password in a file."""
     schema_registry_retry_s: float = 30.0
-    """How long a registry call is retried with backoff before the error is raised (ids already
-    fetched are cached: an outage after start-up does not stop encoding or decoding them)."""
+    """How long a registry call of a CLI command or client is retried with backoff before the error is
+    raised. The job and the standardizers retry until the registry answers or a stop is requested.
+    Ids already fetched are cached: an outage after start-up does not stop encoding or decoding them."""
 
 
 @dataclass

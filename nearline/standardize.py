@@ -246,7 +246,7 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
     from nearline import kafka_io
 
     proc = make_processor(name, load_taxonomies(cfg))
-    codec = codec_for(cfg)
+    codec = codec_for(cfg, retry_forever=True)
     limits = Limits.from_config(cfg)
     delay = cfg.standardizers.delays.get(name)
     delay_s = (delay.delay_ms / 1000.0) if delay else 0.0

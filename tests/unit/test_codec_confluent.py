@@ -135,3 +135,22 @@ def test_config_names_the_format_and_subjects_follow_the_topics():
     # two types share the embedding topic: the second one gets its own subject
     assert subjects["ModelRetired"] == [f"{t.embeddings}-nearline.v1.ModelRetired"]
     assert set(SAMPLES) == set(Codec().store.readers)  # every type the service writes has a sample here
+
+
+def test_long_running_services_wait_out_a_registry_outage_until_a_stop_is_requested():
+    import threading
+
+    from nearline.lifecycle import STOP, StopRequested
+
+    cfg = Config()
+    cfg.kafka.schema_registry_url = closed_port_url()
+    codec = codec_for(cfg, retry_forever=True)  # the job's and the standardizers' codec
+    assert codec.registry.retry_s is None
+    timer = threading.Timer(1.0, STOP.set)
+    timer.start()
+    try:
+        with pytest.raises(StopRequested):
+            codec.decode(b"\x00\x00\x00\x00\x07\x02")  # retried (refused) until the stop
+    finally:
+        timer.cancel()
+        STOP.clear()
