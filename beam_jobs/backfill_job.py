@@ -18,12 +18,15 @@ import logging
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from nearline.codec import codec_for
+
 log = logging.getLogger(__name__)
 
 
 class ReadSnapshotRange(beam.DoFn):
-    def __init__(self, bootstrap: str, batch_size: int, kafka_cfg=None):
+    def __init__(self, bootstrap: str, batch_size: int, kafka_cfg=None, codec=None):
         self.bootstrap, self.batch_size, self.kafka_cfg = bootstrap, batch_size, kafka_cfg
+        self.codec = codec  # codec_for(cfg): pickled with its cached schema-registry ids
 
     def setup(self):
         from nearline import kafka_io
@@ -34,7 +37,7 @@ class ReadSnapshotRange(beam.DoFn):
             kafka_io.configure_security(self.kafka_cfg)  # this DoFn may run in another process
 
         self.reader = RangeReader(self.bootstrap)
-        self.codec = Codec()
+        self.codec = self.codec or Codec()
 
     def teardown(self):
         if getattr(self, "reader", None):
@@ -89,7 +92,7 @@ def build(p: beam.Pipeline, cfg, bootstrap: str, redis_url: str, ranges, chosen:
           dry_run: bool = False, rescore: bool = False, batch_size: int = 1024) -> None:
     (p
      | "SnapshotRanges" >> beam.Create(ranges)
-     | "ReadSnapshotRange" >> beam.ParDo(ReadSnapshotRange(bootstrap, batch_size, cfg.kafka))
+     | "ReadSnapshotRange" >> beam.ParDo(ReadSnapshotRange(bootstrap, batch_size, cfg.kafka, codec_for(cfg)))
      | "BackfillBatch" >> beam.ParDo(BackfillBatch(cfg, bootstrap, redis_url, chosen, progress_key, dry_run, rescore)))
 
 

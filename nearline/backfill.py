@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from nearline.codec import Codec, CodecError
+from nearline.codec import Codec, CodecError, codec_for
 from nearline.deadletter import encode_dead_letter
 from nearline.dedupe import decide
 from nearline.lifecycle import retry_until_done
@@ -290,7 +290,7 @@ class BackfillStage:
                  dry_run: bool = False, codec: Codec | None = None, before_write=None):
         self.cfg, self.store, self.producer, self.models = cfg, store, producer, models
         self.chosen, self.rescore, self.dry_run = set(chosen), rescore, dry_run
-        self.codec = codec or Codec()
+        self.codec = codec or codec_for(cfg)
         self.before_write = before_write  # test hook: called between the Redis read and the writes
         self.by_type: dict[str, list[str]] = {}
         for k, m in sorted(models.models.items()):
@@ -576,7 +576,7 @@ def publish_outbox(cfg, store, producer, codec: Codec | None = None, registered:
     Redis write and the acknowledged send), then remove it; returns how many. A rerun calls it first,
     so a crash at any point loses no message: the rerun's dedupe finds the fields written and would
     not publish them again. ``registered``: model keys per entity type (None: every field)."""
-    codec = codec or Codec()
+    codec = codec or codec_for(cfg)
     key = outbox_key(cfg.redis.key_prefix)
     n = 0
     plen = len(cfg.redis.key_prefix) + 1

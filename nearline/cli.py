@@ -83,7 +83,7 @@ def cmd_marketplace(args) -> int:
         print(f"written to {out}")
         return 0
     from nearline import kafka_io
-    from nearline.codec import Codec
+    from nearline.codec import codec_for
     from nearline.marketplace.stream import UpdateStreamer, load_marketplace, publish
     from nearline.services import resolve_endpoints
 
@@ -93,7 +93,7 @@ def cmd_marketplace(args) -> int:
     streamer = UpdateStreamer(load_marketplace(out), seed=args.seed)
     require_kafka(bootstrap)
     producer = kafka_io.make_producer(bootstrap, cfg.kafka.producer_linger_ms)
-    counts = publish(streamer, producer, cfg.topics.entity_updates, Codec(), args.count, args.rate)
+    counts = publish(streamer, producer, cfg.topics.entity_updates, codec_for(cfg), args.count, args.rate)
     producer.close()
     print(json.dumps(counts))
     return 0
@@ -257,7 +257,7 @@ def cmd_tail(args) -> int:
     import numpy as np
 
     from nearline import kafka_io
-    from nearline.codec import Codec, CodecError
+    from nearline.codec import CodecError, codec_for
     from nearline.health import require_kafka
     from nearline.services import resolve_endpoints
 
@@ -268,7 +268,7 @@ def cmd_tail(args) -> int:
     topic = cfg.topics.dead_letter if args.dead_letters else cfg.topics.embeddings
     expect = "DeadLetter" if args.dead_letters else "EntityEmbeddings"
     c = kafka_io.make_consumer(bootstrap, None, auto_offset_reset="earliest" if args.from_beginning else "latest")
-    codec, n, skipped = Codec(), 0, 0
+    codec, n, skipped = codec_for(cfg), 0, 0
     try:
         c.assign([kafka_io.TopicPartition(topic, p) for p in kafka_io.partitions_of(c, topic)])
         if not args.from_beginning:

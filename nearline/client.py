@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nearline.codec import Codec, CodecError
+from nearline.codec import Codec, CodecError, codec_for
 from nearline.config import Config, load_config
 from nearline.embedding_messages import read_message
 from nearline.store import DELETED_FIELD, META_FIELDS, VERSION_FIELD, RedisEmbeddingStore
@@ -138,7 +138,7 @@ class Subscriber(threading.Thread):
         super().__init__(daemon=True, name="embeddings-subscriber")
         self.cfg, self.bootstrap, self.cache = cfg, bootstrap, cache
         self.topic, self.mode, self.group, self.from_beginning = cfg.topics.embeddings, mode, group, from_beginning
-        self.codec = codec or Codec()
+        self.codec = codec or codec_for(cfg)
         self.stats = {"applied": 0, "poison": 0, "errors": 0}
         self.error: BaseException | None = None  # set if the thread died of an unexpected error
         self._stop_event = threading.Event()
@@ -328,7 +328,7 @@ class EmbeddingClient:
             self.reader = FailoverReader([Endpoint(n, u) for n, u in zip(names, urls)], prefix=cfg.redis.key_prefix,
                                          group=cfg.kafka.consumer_group, timeout_s=timeout_s,
                                          stale_after_s=stale_after_s)
-        self.codec = Codec()
+        self.codec = codec_for(cfg)
         self.cache = EmbeddingCache()
         self._subscriber: Subscriber | None = None
         self._models = None  # RegistryWatcher, built on the first score()

@@ -9,6 +9,7 @@ Environment overrides (they win over the file):
   NEARLINE_REDIS_URL        e.g. ``redis://cache:6379/0``: use this Redis, start no local redis-server
   NEARLINE_CONFIG           path of the config file (default: ./nearline.yaml, else the repo's)
   NEARLINE_KAFKA_SASL_PASSWORD  the SASL password (kafka.sasl_password), kept out of config files
+  NEARLINE_SCHEMA_REGISTRY_PASSWORD  the registry's basic-auth password (kafka.schema_registry_password)
 """
 
 from __future__ import annotations
@@ -84,6 +85,22 @@ class KafkaConfig:
     ssl_keyfile: str = ""
     ssl_check_hostname: bool = True
     """Verify that a broker's certificate names the host connected to."""
+    wire_format: str = "single-object"
+    """How every message the service writes is framed (nearline/codec.py): 'single-object' (Avro
+    single-object encoding, no registry needed) or 'confluent' (0x00 + 4-byte schema id + Avro binary,
+    the schemas registered in ``schema_registry_url`` under '<topic>-value'). Readers decode both."""
+    schema_registry_url: str = ""
+    """Confluent-compatible schema registry (e.g. http://host:8081, or Apicurio's .../apis/ccompat/v7).
+    Required with wire_format 'confluent'; with 'single-object' it lets readers decode Confluent-framed
+    messages during a migration."""
+    schema_registry_username: str = ""
+    """Basic auth for the registry (empty: none)."""
+    schema_registry_password: str = ""
+    """Prefer the environment variable NEARLINE_SCHEMA_REGISTRY_PASSWORD to a password in a file."""
+    schema_registry_retry_s: float = 30.0
+    """How long a registry call of a CLI command or client is retried with backoff before the error is
+    raised. The job and the standardizers retry until the registry answers or a stop is requested.
+    Ids already fetched are cached: an outage after start-up does not stop encoding or decoding them."""
 
 
 @dataclass
@@ -303,6 +320,10 @@ class Config:
         k = self.kafka
         if k.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
             raise ConfigError(f"kafka.security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, not {k.security_protocol!r}")
+        if k.wire_format not in ("single-object", "confluent"):
+            raise ConfigError(f"kafka.wire_format must be 'single-object' or 'confluent', not {k.wire_format!r}")
+        if k.wire_format == "confluent" and not k.schema_registry_url:
+            raise ConfigError("kafka.wire_format 'confluent' needs kafka.schema_registry_url")
         if k.security_protocol.startswith("SASL_"):
             if k.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
                 raise ConfigError(f"kafka.sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with "
@@ -390,4 +411,6 @@ def load_config(path: str | Path | None = None, *, env: dict | None = None) -> C
         cfg.redis.url = env["NEARLINE_REDIS_URL"]
     if env.get("NEARLINE_KAFKA_SASL_PASSWORD"):
         cfg.kafka.sasl_password = env["NEARLINE_KAFKA_SASL_PASSWORD"]
+    if env.get("NEARLINE_SCHEMA_REGISTRY_PASSWORD"):
+        cfg.kafka.schema_registry_password = env["NEARLINE_SCHEMA_REGISTRY_PASSWORD"]
     return cfg.validate()

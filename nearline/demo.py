@@ -26,7 +26,7 @@ def _metrics(port: int) -> dict[str, float]:
 
 def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float | None, members: int, jobs: int) -> int:
     from nearline import kafka_io
-    from nearline.codec import Codec
+    from nearline.codec import codec_for
     from nearline.marketplace.generate import MarketplaceSpec, generate
     from nearline.marketplace.stream import UpdateStreamer, load_marketplace
     from nearline.registry import Registry
@@ -77,7 +77,7 @@ def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float 
     def stream():
         streamer = UpdateStreamer(load_marketplace(data), seed=int(time.time()) % 100_000)
         producer = kafka_io.make_producer(st.kafka_bootstrap, cfg.kafka.producer_linger_ms)
-        codec, start, n = Codec(), time.monotonic(), 0
+        codec, start, n = codec_for(cfg), time.monotonic(), 0
         while not stop.is_set():
             try:
                 ev = streamer.next()

@@ -23,7 +23,7 @@ def run_multidc_demo(cfg: Config, n_dcs: int, rate: float, duration: float | Non
     import os
 
     from nearline import kafka_io
-    from nearline.codec import Codec
+    from nearline.codec import codec_for
     from nearline.marketplace.generate import MarketplaceSpec, generate
     from nearline.marketplace.stream import UpdateStreamer, load_marketplace
     from nearline.multidc import MultiDCServices
@@ -62,7 +62,7 @@ def run_multidc_demo(cfg: Config, n_dcs: int, rate: float, duration: float | Non
     def stream():
         streamer = UpdateStreamer(load_marketplace(data), seed=int(time.time()) % 100_000)
         producers = {name: kafka_io.make_producer(ep[name]["kafka_bootstrap"], cfg.kafka.producer_linger_ms) for name in m.names}
-        codec, start, i = Codec(), time.monotonic(), 0
+        codec, start, i = codec_for(cfg), time.monotonic(), 0
         while not stop.is_set():
             try:
                 ev = streamer.next()

@@ -241,11 +241,11 @@ def remove_fields(r, prefix: str, entity_type: str, model_key: str, batch: int =
 def publish_retired(cfg, bootstrap: str, model_key: str, entity_type: str) -> int:
     """A ModelRetired notice on every partition of the embedding topic; returns the partitions."""
     from nearline import kafka_io
-    from nearline.codec import Codec
+    from nearline.codec import codec_for
 
     name, _, version = model_key.partition("@")
-    value = Codec().encode("ModelRetired", {"model": name, "model_version": version, "entity_type": entity_type,
-                                            "retired_at": int(time.time() * 1000)})
+    value = codec_for(cfg).encode("ModelRetired", {"model": name, "model_version": version, "entity_type": entity_type,
+                                                   "retired_at": int(time.time() * 1000)})
     producer = kafka_io.make_producer(bootstrap)
     c = kafka_io.make_consumer(bootstrap, None)
     try:

@@ -22,7 +22,7 @@ from typing import Hashable
 
 import numpy as np
 
-from nearline.codec import Codec, CodecError
+from nearline.codec import Codec, CodecError, codec_for
 from nearline.config import Config
 from nearline.dedupe import decide
 from nearline.deadletter import encode_dead_letter, reference_only
@@ -92,7 +92,7 @@ class PartitionGroupState:
 
 class JoinStage:
     def __init__(self, cfg: Config, codec: Codec | None = None, metrics: Metrics = METRICS):
-        self.cfg, self.codec, self.metrics = cfg, codec or Codec(), metrics
+        self.cfg, self.codec, self.metrics = cfg, codec or codec_for(cfg, retry_forever=True), metrics
         self.update_topics = set(cfg.update_topics())  # local + mirrored from peer DCs
         self.entity_types = set(cfg.entity_types)
         self.limits = Limits.from_config(cfg)
@@ -235,7 +235,7 @@ class ScoreStage:
 class PublishStage:
     def __init__(self, cfg: Config, store, producer, codec: Codec | None = None, metrics: Metrics = METRICS):
         self.cfg, self.store, self.producer = cfg, store, producer
-        self.codec, self.metrics = codec or Codec(), metrics
+        self.codec, self.metrics = codec or codec_for(cfg, retry_forever=True), metrics
         self.data_loss = DataLossDetector(store, metrics=metrics) if hasattr(store, "r") else None
 
     def run(self, wb: WorkBatch) -> WorkBatch:

@@ -19,7 +19,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from nearline.codec import Codec, CodecError
+from nearline.codec import Codec, CodecError, codec_for
 from nearline.config import Config
 from nearline.deadletter import encode_dead_letter, reference_only
 from nearline.group_watchdog import GroupStallWatchdog
@@ -247,7 +247,7 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
     from nearline import kafka_io
 
     proc = make_processor(name, load_taxonomies(cfg))
-    codec = Codec()
+    codec = codec_for(cfg, retry_forever=True)
     limits = Limits.from_config(cfg)
     delay = cfg.standardizers.delays.get(name)
     delay_s = (delay.delay_ms / 1000.0) if delay else 0.0

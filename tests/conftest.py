@@ -64,6 +64,18 @@ def any_broker_bootstrap(request, tmp_path_factory, kafka_bootstrap):
         yield from _broker(tmp_path_factory, request.param, f"kafka-{request.param}")
 
 
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory):
+    """A real Confluent-compatible schema registry (Apicurio, in memory) for the session; its ccompat URL."""
+    from nearline.schema_registry_server import SchemaRegistryServer
+
+    if os.environ.get("NEARLINE_SCHEMA_REGISTRY_URL"):
+        yield os.environ["NEARLINE_SCHEMA_REGISTRY_URL"]
+        return
+    with SchemaRegistryServer(tmp_path_factory.mktemp("schema-registry")) as srv:
+        yield srv.url
+
+
 @pytest.fixture
 def unique():
     """A short unique suffix so tests sharing a broker never share topics or groups."""
