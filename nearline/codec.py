@@ -254,8 +254,8 @@ class Codec:
 
     def _confluent_writer(self, schema_id: int) -> Any:
         if self.registry is None:
-            raise UnknownSchemaError(f"Confluent-framed message (schema id {schema_id}) but no "
-                                     "kafka.schema_registry_url is configured to look the id up")
+            raise UnknownSchemaError(f"not decodable as Avro here: starts with the Confluent magic byte 0 (schema id "
+                                     f"{schema_id}), but no kafka.schema_registry_url is configured to look the id up")
         writer = self.registry.writer(schema_id)
         if writer is None:
             raise UnknownSchemaError(f"schema id {schema_id} is not in the schema registry {self.registry.url}")

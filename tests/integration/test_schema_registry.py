@@ -187,12 +187,16 @@ def test_the_jobs_publish_stage_writes_confluent_framing_that_confluent_reads(ka
     producer.close()
     confluent = AvroDeserializer(SchemaRegistryClient({"url": schema_registry_url}))
     out = {}
+    tombstones = {}
     for topic, n in ((cfg.topics.embeddings, 2), (cfg.topics.dead_letter, 1), (cfg.topics.feature_snapshot, 1)):
-        msgs = [m for m in read_all(kafka_bootstrap, topic, n) if m.value is not None]
+        got = read_all(kafka_bootstrap, topic, n)
+        tombstones[topic] = [m.key for m in got if m.value is None]  # deletes: null values, no framing
+        msgs = [m for m in got if m.value is not None]
         assert msgs and all(m.value[:1] == b"\x00" for m in msgs), topic
         out[topic] = [confluent(m.value, SerializationContext(topic, MessageField.VALUE)) for m in msgs]
     emb = sorted(out[cfg.topics.embeddings], key=lambda r: r["version"])
-    assert [(r["version"], r["deleted"]) for r in emb] == [(1, False), (2, True)]
+    assert [(r["version"], r["deleted"]) for r in emb] == [(1, False)]
+    assert tombstones[cfg.topics.embeddings] == [b"member:a"]
     assert emb[0]["embeddings"][0]["vector"] == vec
     assert out[cfg.topics.dead_letter][0]["offset"] == 12
     assert out[cfg.topics.feature_snapshot][0]["entity_id"] == "a"

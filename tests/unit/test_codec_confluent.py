@@ -23,7 +23,7 @@ SAMPLES = {
                              "features": {"skills": {"ids": [3, 4], "weights": [1.0, 0.5]}}, "produced_at": 9},
     "EntityEmbeddings": {"entity_type": "member", "entity_id": "m1", "version": 2, "deleted": False, "partial": False,
                          "embeddings": [{"model": "m", "model_version": "v1", "dim": 2, "vector": b"\x01" * 8,
-                                         "produced_at": 3}]},
+                                         "produced_at": 3, "changed": True}]},
     "DeadLetter": {"original": b"\x00\x01", "key": None, "topic": "t", "partition": 1, "offset": 7, "stage": "s",
                    "error": "bad", "time": 1},
     "FeatureSnapshot": {"entity_type": "job", "entity_id": "j1", "version": 5, "partial": True, "missing": ["geo"],
