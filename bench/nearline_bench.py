@@ -139,17 +139,9 @@ class Bench:
 
     def latencies(self, cfg: Config, since_ms: int) -> np.ndarray:
         def read(topic):
-            c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
-            tps = [TopicPartition(topic, p) for p in range(cfg.topics.partitions)]
-            c.assign(tps)
-            c.seek_to_beginning()
-            ends = kafka_io.end_offsets(c, tps)
-            out = []
-            while any(c.position(tp) < ends[tp] for tp in tps):
-                for msgs in c.poll(200).values():
-                    out += [self.codec.decode(m.value) for m in msgs if m.value is not None]  # not tombstones
-            c.close()
-            return out
+            return [self.codec.decode(m.value)  # not tombstones
+                    for m in kafka_io.read_topic(cfg.kafka.bootstrap, topic, cfg.topics.partitions, None)
+                    if m.value is not None]
         last_std = {}
         for p in PROCS:
             for r in read(cfg.standardized_topic(p)):

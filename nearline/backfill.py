@@ -154,13 +154,19 @@ def scan_range(consumer, rng: PartitionRange, codec: Codec | None = None) -> tup
                                     f"before {rng.end}: is the broker up?")
             continue
         idle_deadline = time.monotonic() + 60
-        part, n = latest_per_key(recs, codec)
-        scanned += n
-        for k, e in part.items():
-            cur = entries.get(k)
-            if cur is None or e.version >= cur.version:
-                entries[k] = e
+        scanned += keep_newest(entries, recs, codec)
     return entries, scanned
+
+
+def keep_newest(entries: dict[str, "SnapshotEntry"], recs: list, codec: Codec | None) -> int:
+    """Fold a chunk of snapshot records into ``entries`` (newest version per entity wins, a later record
+    of an equal version too); returns how many records the chunk had."""
+    part, n = latest_per_key(recs, codec)
+    for k, e in part.items():
+        cur = entries.get(k)
+        if cur is None or e.version >= cur.version:
+            entries[k] = e
+    return n
 
 
 class _Record:
@@ -223,12 +229,7 @@ class RangeReader:
                                             f"{rng.end}: is the broker up?")
                     continue
                 idle_deadline = time.monotonic() + 60
-                part, n = latest_per_key(recs, codec)
-                scanned += n
-                for k, e in part.items():
-                    cur = entries.get(k)
-                    if cur is None or e.version >= cur.version:
-                        entries[k] = e
+                scanned += keep_newest(entries, recs, codec)
         finally:
             self._c.unassign()
         return entries, scanned

@@ -68,6 +68,26 @@ def list_topics(bootstrap: str, timeout_s: float = 2.0, *, secure: bool, client_
             pass
 
 
+def read_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float | None = 30.0) -> list:
+    """Every record of the topic up to its current end offsets, as kafka-python ConsumerRecords (value
+    None for a tombstone), in partition then offset order: for tests, benchmarks and tools, not the hot
+    path. Stops early after ``timeout_s`` (None: no limit)."""
+    c = make_consumer(bootstrap, None)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        c.assign(tps)
+        c.seek_to_beginning()
+        ends = end_offsets(c, tps)
+        out: list = []
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while any(c.position(tp) < ends[tp] for tp in tps) and (deadline is None or time.monotonic() < deadline):
+            for msgs in c.poll(200).values():
+                out += msgs
+    finally:
+        c.close()
+    return sorted(out, key=lambda r: (r.partition, r.offset))
+
+
 __all__ = ["TopicPartition", "ConsumerRebalanceListener", "ensure_topics", "make_producer", "make_consumer", "commit", "KafkaError"]
 
 

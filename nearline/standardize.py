@@ -17,14 +17,13 @@ import re
 import signal
 import time
 from functools import lru_cache
-from pathlib import Path
 
 from nearline.codec import Codec, CodecError, codec_for
 from nearline.config import Config
 from nearline.deadletter import encode_dead_letter, reference_only
 from nearline.group_watchdog import GroupStallWatchdog
 from nearline.delivery import send_acknowledged
-from nearline.lifecycle import STOP, StopRequested, retry_until_done
+from nearline.lifecycle import STOP, StopRequested
 from nearline.marketplace.generate import ABBREV
 from nearline.marketplace.taxonomy import Taxonomies
 from nearline.offsets import OffsetTracker

@@ -21,7 +21,6 @@ from nearline.codec import Codec
 from nearline.config import Config
 from nearline.embedding_messages import ensure_embedding_topic, read_message
 from nearline.features import build_inputs
-from nearline.kafka_io import TopicPartition
 from nearline.marketplace.stream import UpdateStreamer, load_marketplace
 from nearline.marketplace.taxonomy import Taxonomies
 from nearline.registry import Registry
@@ -214,15 +213,4 @@ def _tombstone_view(m, codec) -> dict:
 def raw_records(cfg: Config, topic: str, timeout_s: float = 30.0) -> list:
     """Every record of the topic as kafka-python ConsumerRecords (key, value: None for a tombstone,
     headers), in partition then offset order."""
-    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
-    tps = [TopicPartition(topic, p) for p in range(cfg.topics.partitions)]
-    c.assign(tps)
-    c.seek_to_beginning()
-    ends = kafka_io.end_offsets(c, tps)
-    out = []
-    deadline = time.monotonic() + timeout_s
-    while any(c.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-        for msgs in c.poll(200).values():
-            out += msgs
-    c.close()
-    return sorted(out, key=lambda r: (r.partition, r.offset))
+    return kafka_io.read_topic(cfg.kafka.bootstrap, topic, cfg.topics.partitions, timeout_s)
