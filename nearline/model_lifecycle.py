@@ -204,18 +204,9 @@ def cli_register(cfg, args) -> int:
 
 def remove_registry_line(registry_path: Path, model_key: str, entity_types) -> str | None:
     """Remove the line registering ``model_key`` (comments and other lines kept). Returns the entry."""
-    from nearline.registry import MANIFEST, Registry
+    from nearline.registry import Registry
 
-    reg = Registry(registry_path)
-    target = None
-    for e in reg.entries():
-        try:
-            m = json.loads((reg.resolve(e) / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if f"{m.get('name')}@{m.get('version')}" == model_key:
-            target = e
-            break
+    target = next((e for e, m in Registry(registry_path).manifests() if _key(m) == model_key), None)
     if target is None:
         return None
     lines = registry_path.read_text().splitlines(keepends=True)
@@ -264,17 +255,13 @@ def retire(cfg, bootstrap: str, redis_url: str, model_key: str, grace_s: float |
     import redis
 
     from nearline.backfill import BackfillError, done_key, requests_key
-    from nearline.registry import MANIFEST, Registry
+    from nearline.registry import Registry
 
     reg_path = cfg.path(cfg.models.registry)
     reg = Registry(reg_path)
     etype = None
-    for e in reg.entries():
-        try:
-            m = json.loads((reg.resolve(e) / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if f"{m.get('name')}@{m.get('version')}" == model_key:
+    for _, m in reg.manifests():
+        if _key(m) == model_key:
             etype = m.get("entity_type")
     if etype is None:
         raise BackfillError(f"{model_key} is not registered in {reg_path}")
@@ -294,17 +281,12 @@ def retire(cfg, bootstrap: str, redis_url: str, model_key: str, grace_s: float |
     return {"model": model_key, "entry": entry, "entity_type": etype, "fields_removed": removed, "notices": parts}
 
 
-def _registered_keys(reg) -> set[str]:
-    from nearline.registry import MANIFEST
+def _key(manifest: dict) -> str:
+    return f"{manifest.get('name')}@{manifest.get('version')}"
 
-    out = set()
-    for e in reg.entries():
-        try:
-            m = json.loads((reg.resolve(e) / MANIFEST).read_text())
-            out.add(f"{m.get('name')}@{m.get('version')}")
-        except (OSError, json.JSONDecodeError):
-            pass
-    return out
+
+def _registered_keys(reg) -> set[str]:
+    return {_key(m) for _, m in reg.manifests()}
 
 
 def cli_retire(cfg, args) -> int:

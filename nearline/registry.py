@@ -249,6 +249,17 @@ class Registry:
         p = Path(entry)
         return p if p.is_absolute() else self.path.parent / p
 
+    def manifests(self) -> list[tuple[str, dict]]:
+        """(entry, raw manifest JSON) of every registered line whose manifest reads, unchecked: for
+        finding a version by its ``name@version`` key (retire), not for loading models (:meth:`load`)."""
+        out = []
+        for entry in self.entries():
+            try:
+                out.append((entry, json.loads((self.resolve(entry) / MANIFEST).read_text())))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
+
     def load(self, entity_types: list[str] | None = None) -> tuple[list[ModelPackage], dict[str, list[str]]]:
         """All valid registered packages, and the problems of the refused ones (by entry)."""
         good, bad = [], {}
