@@ -98,6 +98,22 @@ def isolated_config(bootstrap: str, redis_url: str, suffix: str, **overrides) ->
     return cfg
 
 
+def write_config_file(path: Path, cfg: Config, **sections) -> Path:
+    """A nearline.yaml for CLI subprocesses of a test: ``cfg``'s topics, broker and Redis, plus
+    ``sections`` (e.g. ``models={...}``, ``standardizers={...}``), each merged over the base section."""
+    import yaml
+
+    t = cfg.topics
+    conf = {"topics": {"entity_updates": t.entity_updates, "standardized_prefix": t.standardized_prefix,
+                       "embeddings": t.embeddings, "dead_letter": t.dead_letter},
+            "kafka": {"bootstrap": cfg.kafka.bootstrap},
+            "redis": {"url": cfg.redis.url, "key_prefix": cfg.redis.key_prefix}}
+    for name, section in sections.items():
+        conf[name] = {**conf.get(name, {}), **section}
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
 @pytest.fixture(scope="session")
 def marketplace_dir(tmp_path_factory) -> Path:
     """A small generated marketplace (taxonomies + tables) shared by the tests."""

@@ -7,14 +7,13 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 from nearline import REPO_ROOT, kafka_io, registry
 from nearline.client import EmbeddingClient
 from nearline.codec import Codec
 from nearline.embedding_messages import full_state_record, full_state_send, tombstone_send
 from nearline.store import RedisEmbeddingStore
-from tests.conftest import isolated_config
+from tests.conftest import isolated_config, write_config_file
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +31,7 @@ def env(kafka_bootstrap, redis_url, unique, tmp_path):
     cfg.models.registry = str(REPO_ROOT / "models/registry.yaml")
     kafka_io.ensure_topics(kafka_bootstrap, cfg.all_topics(), cfg.topics.partitions)
     prod = kafka_io.make_producer(kafka_bootstrap)
-    conf = tmp_path / "nearline.yaml"
-    t = cfg.topics
-    conf.write_text(yaml.safe_dump({
-        "topics": {"entity_updates": t.entity_updates, "standardized_prefix": t.standardized_prefix,
-                   "embeddings": t.embeddings, "dead_letter": t.dead_letter},
-        "kafka": {"bootstrap": kafka_bootstrap}, "redis": {"url": redis_url, "key_prefix": cfg.redis.key_prefix},
-        "models": {"registry": str(REPO_ROOT / "models/registry.yaml")}}))
+    conf = write_config_file(tmp_path / "nearline.yaml", cfg, models={"registry": str(REPO_ROOT / "models/registry.yaml")})
     yield cfg, prod, conf
     prod.close()
 

@@ -9,14 +9,13 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 
 from nearline import REPO_ROOT, kafka_io
 from nearline.client import EmbeddingClient
 from nearline.join import Deleted, Joined
 from nearline.pipeline import PublishStage, WorkBatch
 from nearline.store import RedisEmbeddingStore
-from tests.conftest import isolated_config
+from tests.conftest import isolated_config, write_config_file
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +39,7 @@ def published(kafka_bootstrap, redis_url, unique, tmp_path):
                                     {"job_pyramid@v1": vecs["j2"].tobytes()}]))
     stage.run(WorkBatch(0, deleted=[Deleted("job:j2", "job", "j2", 2, [])]))
     prod.close()
-    conf = tmp_path / "nearline.yaml"
-    t = cfg.topics
-    conf.write_text(yaml.safe_dump({
-        "topics": {"entity_updates": t.entity_updates, "standardized_prefix": t.standardized_prefix,
-                   "embeddings": t.embeddings, "dead_letter": t.dead_letter},
-        "kafka": {"bootstrap": kafka_bootstrap}, "redis": {"url": redis_url, "key_prefix": cfg.redis.key_prefix},
-        "models": {"registry": str(REPO_ROOT / "models/registry.yaml")}}))
+    conf = write_config_file(tmp_path / "nearline.yaml", cfg, models={"registry": str(REPO_ROOT / "models/registry.yaml")})
     return cfg, conf, vecs
 
 

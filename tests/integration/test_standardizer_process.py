@@ -10,7 +10,7 @@ from nearline import kafka_io
 from nearline.codec import Codec
 from nearline.kafka_io import TopicPartition
 from nearline.marketplace.stream import UpdateStreamer, load_marketplace
-from tests.conftest import isolated_config
+from tests.conftest import isolated_config, write_config_file
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +38,9 @@ def test_title_processor_process(kafka_bootstrap, unique, marketplace_dir, tmp_p
     p.send(cfg.topics.entity_updates, key=b"job:bad", value=b"\x00garbage")
     p.flush()
 
-    cfg_file = tmp_path / "nearline.yaml"
-    cfg_file.write_text(f"""
-topics: {{entity_updates: {cfg.topics.entity_updates}, standardized_prefix: "{cfg.topics.standardized_prefix}",
-          dead_letter: {cfg.topics.dead_letter}, embeddings: {cfg.topics.embeddings}}}
-kafka: {{bootstrap: "{kafka_bootstrap}"}}
-redis: {{url: "redis://unused:1/0"}}
-standardizers: {{group_prefix: "{cfg.standardizers.group_prefix}", taxonomy_dir: "{marketplace_dir}", delays: {{title: {{delay_ms: 20, jitter_ms: 50}}}}}}
-""")
+    cfg_file = write_config_file(tmp_path / "nearline.yaml", cfg, standardizers={
+        "group_prefix": cfg.standardizers.group_prefix, "taxonomy_dir": str(marketplace_dir),
+        "delays": {"title": {"delay_ms": 20, "jitter_ms": 50}}})
     out = subprocess.run([sys.executable, "-m", "nearline.cli", "--config", str(cfg_file), "standardize",
                           "--processor", "title", "--idle-exit", "3"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -90,14 +85,8 @@ def test_a_1mb_message_is_dead_lettered_truncated_and_the_processor_goes_on(kafk
         p.send(cfg.topics.entity_updates, key=ev.key.encode(), value=codec.encode("EntityUpdate", ev.record))
     p.flush()
     p.close()
-    cfg_file = tmp_path / "nearline.yaml"
-    cfg_file.write_text(f"""
-topics: {{entity_updates: {cfg.topics.entity_updates}, standardized_prefix: "{cfg.topics.standardized_prefix}",
-          dead_letter: {cfg.topics.dead_letter}, embeddings: {cfg.topics.embeddings}}}
-kafka: {{bootstrap: "{kafka_bootstrap}"}}
-redis: {{url: "redis://unused:1/0"}}
-standardizers: {{group_prefix: "{cfg.standardizers.group_prefix}", taxonomy_dir: "{marketplace_dir}"}}
-""")
+    cfg_file = write_config_file(tmp_path / "nearline.yaml", cfg, standardizers={
+        "group_prefix": cfg.standardizers.group_prefix, "taxonomy_dir": str(marketplace_dir)})
     out = subprocess.run([sys.executable, "-m", "nearline.cli", "--config", str(cfg_file), "standardize",
                           "--processor", "skills", "--idle-exit", "3"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
