@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+from typing import Callable
 
 from nearline.config import Config
 
@@ -22,6 +22,39 @@ def _metrics(port: int) -> dict[str, float]:
     if samples:
         out["p50_ms"] = 1000 * histogram_quantile(0.5, samples.get("nearline_publish_latency_seconds_bucket", []))
     return out
+
+
+def watch(procs: dict[str, subprocess.Popen], duration: float | None, logs_hint: str,
+          report: Callable[[float], None]) -> int:
+    """The demos' foreground loop: ``report(elapsed_s)`` every 2 s until Ctrl-C, ``duration`` or the
+    exit of one of ``procs`` (then 1, naming it and where its log is)."""
+    interrupted: list = []
+    old = signal.signal(signal.SIGINT, lambda *a: interrupted.append(1))
+    try:
+        t0 = time.monotonic()
+        while not interrupted and (duration is None or time.monotonic() - t0 < duration):
+            time.sleep(2.0)
+            dead = [n for n, p in procs.items() if p.poll() is not None]
+            if dead:
+                print(f"process(es) exited: {dead}; see {logs_hint}", file=sys.stderr)
+                return 1
+            report(time.monotonic() - t0)
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def stop_processes(procs: dict[str, subprocess.Popen], grace_s: float = 30.0) -> None:
+    """SIGTERM every process at once (they stop in parallel), then wait; SIGKILL what outlives grace_s."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float | None, members: int, jobs: int) -> int:
@@ -95,62 +128,48 @@ def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float 
         producer.flush()
         producer.close()
 
-    interrupted = []
-    old = signal.signal(signal.SIGINT, lambda *a: interrupted.append(1))
-    streamer_t = threading.Thread(target=stream, daemon=True)
-    streamer_t.start()
     store = RedisEmbeddingStore(st.redis_url, cfg.redis.key_prefix)
-    t0, prev, prev_t = time.monotonic(), {}, time.monotonic()
-    rc = 0
+    prev, prev_t = {}, time.monotonic()
+
+    def report(elapsed: float) -> None:
+        nonlocal prev, prev_t
+        m = _metrics(cfg.job.metrics_port)
+        now = time.monotonic()
+        dt = now - prev_t
+
+        def rate_of(k):
+            return (m.get(k, 0) - prev.get(k, 0)) / dt if m else 0.0
+
+        computed = m.get("nearline_embeddings_computed_total", 0)
+        dedup = m.get("nearline_embeddings_deduped_total", 0)
+        lag = m.get("nearline_partition_lag", 0)
+        sample = ""
+        key = last_key["key"]  # read once: the streamer thread keeps changing it
+        if key:
+            etype, eid = key.split(":", 1)
+            got = {k: v for k, v in store.get(etype, eid).items() if not k.startswith("_")}
+            if got:
+                import numpy as np
+
+                k0 = sorted(got)[0]
+                vec = np.frombuffer(got[k0], "<f4")
+                sample = f" | {key} {k0} [{', '.join(f'{x:+.3f}' for x in vec[:4])}, ...]"
+        p50 = m.get("p50_ms", float("nan"))
+        print(f"[{elapsed:6.0f}s] sent {counts['sent']} | read {rate_of('nearline_events_read_total'):6.0f}/s | "
+              f"joins {rate_of('nearline_joins_completed_total'):5.0f}/s | written {rate_of('nearline_embeddings_written_total'):5.0f}/s | "
+              f"dedupe {dedup / computed if computed else 0:4.0%} | lag {lag:.0f} | p50 {p50:.0f} ms | "
+              f"dead letters {m.get('nearline_dead_letters_total', 0):.0f}{sample}", flush=True)
+        prev, prev_t = m, now
+
+    streamer_t = threading.Thread(target=stream, daemon=True)
     try:
-        while not interrupted and (duration is None or time.monotonic() - t0 < duration):
-            time.sleep(2.0)
-            dead = [n for n, p in procs.items() if p.poll() is not None]
-            if dead:
-                print(f"process(es) exited: {dead}; see {logs}", file=sys.stderr)
-                rc = 1
-                break
-            m = _metrics(cfg.job.metrics_port)
-            now = time.monotonic()
-            dt = now - prev_t
-
-            def rate_of(k):
-                return (m.get(k, 0) - prev.get(k, 0)) / dt if m else 0.0
-
-            computed = m.get("nearline_embeddings_computed_total", 0)
-            dedup = m.get("nearline_embeddings_deduped_total", 0)
-            lag = m.get("nearline_partition_lag", 0)
-            sample = ""
-            key = last_key["key"]  # read once: the streamer thread keeps changing it
-            if key:
-                etype, eid = key.split(":", 1)
-                got = {k: v for k, v in store.get(etype, eid).items() if not k.startswith("_")}
-                if got:
-                    import numpy as np
-
-                    k0 = sorted(got)[0]
-                    vec = np.frombuffer(got[k0], "<f4")
-                    sample = f" | {key} {k0} [{', '.join(f'{x:+.3f}' for x in vec[:4])}, ...]"
-            p50 = m.get("p50_ms", float("nan"))
-            print(f"[{now - t0:6.0f}s] sent {counts['sent']} | read {rate_of('nearline_events_read_total'):6.0f}/s | "
-                  f"joins {rate_of('nearline_joins_completed_total'):5.0f}/s | written {rate_of('nearline_embeddings_written_total'):5.0f}/s | "
-                  f"dedupe {dedup / computed if computed else 0:4.0%} | lag {lag:.0f} | p50 {p50:.0f} ms | "
-                  f"dead letters {m.get('nearline_dead_letters_total', 0):.0f}{sample}", flush=True)
-            prev, prev_t = m, now
+        streamer_t.start()
+        rc = watch(procs, duration, str(logs), report)
     finally:
-        signal.signal(signal.SIGINT, old)
         print("stopping ...")
         stop.set()
         streamer_t.join(timeout=10)
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for name, p in procs.items():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
         if started_services:
             svc.down()
             print("services stopped")

@@ -8,7 +8,6 @@ and the median time from produce to readable there.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import zlib
 from collections import deque
 
 from nearline.config import Config
+from nearline.demo import stop_processes, watch
 
 
 def run_multidc_demo(cfg: Config, n_dcs: int, rate: float, duration: float | None, members: int, jobs: int) -> int:
@@ -108,41 +108,25 @@ def run_multidc_demo(cfg: Config, n_dcs: int, rate: float, duration: float | Non
         lat = sorted(seen[name][(k, v)] for _, (k, v, _, _) in snap if (k, v) in seen[name])
         return (lat[len(lat) // 2] if lat else float("nan")), len(lat), len(snap)
 
-    interrupted = []
-    old = signal.signal(signal.SIGINT, lambda *a: interrupted.append(1))
+    def report(elapsed: float) -> None:
+        cols = []
+        for name in m.names:
+            p50, ok, n = freshness(name)
+            job_log = m.state_dir / name / "logs" / "job.log"
+            ready = job_log.exists() and "partition group" in job_log.read_text(errors="replace")
+            cols.append(f"{name}: sent {sent[name]:5d}, serves {ok:3d}/{n:3d} updates of the last 30 s, "
+                        f"p50 {p50:5.2f}s after produce{'' if ready else ' (job starting)'}")
+        print(f"[{elapsed:6.0f}s] " + " | ".join(cols), flush=True)
+
     t = threading.Thread(target=stream, daemon=True)
-    t.start()
-    t0, rc = time.monotonic(), 0
     try:
-        while not interrupted and (duration is None or time.monotonic() - t0 < duration):
-            time.sleep(2.0)
-            dead = [n for n, p in procs.items() if p.poll() is not None]
-            if dead:
-                print(f"process(es) exited: {dead}; see {m.state_dir}/<dc>/logs", file=sys.stderr)
-                rc = 1
-                break
-            cols = []
-            for name in m.names:
-                p50, ok, n = freshness(name)
-                job_log = m.state_dir / name / "logs" / "job.log"
-                ready = job_log.exists() and "partition group" in job_log.read_text(errors="replace")
-                cols.append(f"{name}: sent {sent[name]:5d}, serves {ok:3d}/{n:3d} updates of the last 30 s, "
-                            f"p50 {p50:5.2f}s after produce{'' if ready else ' (job starting)'}")
-            print(f"[{time.monotonic() - t0:6.0f}s] " + " | ".join(cols), flush=True)
+        t.start()
+        rc = watch(procs, duration, f"{m.state_dir}/<dc>/logs", report)
     finally:
-        signal.signal(signal.SIGINT, old)
         print("stopping ...")
         stop.set()
         t.join(timeout=10)
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs)
         m.down()
         print("stopped cleanly")
     return rc
