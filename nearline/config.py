@@ -15,6 +15,7 @@ Environment overrides (they win over the file):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,10 +144,14 @@ class JoinConfig:
     timeout_policy: str = "partial"
     """'partial': score with the manifests' declared defaults for missing features and flag the
     embedding partial; 'dead_letter': send the incomplete update to the dead-letter topic."""
-    replay_timeout_s: float = 10.0
+    replay_timeout_s: float = 30.0
     """Timeout of a join made only of messages a previous run had read (after a restart). Such a join
     may be a version already processed whose other messages were committed; it is released if Redis has
-    that version, else dead-lettered, and never scored with defaults."""
+    that version, else dead-lettered, and never scored with defaults. Keep it above a standardizer's
+    worst recovery from a stuck group join, 2 x ``standardizers.rejoin_stall_s`` plus its start-up
+    (about 10 s): a restart of the job during such a recovery otherwise dead-letters replayed joins that
+    were only late (``replay_incomplete``; loading a config with less than 2 x rejoin_stall_s warns).
+    Capped at ``timeout_s``."""
     max_pending: int = 200_000
     """Upper bound on pending joins per job; beyond it the oldest are timed out early (state stays bounded)."""
     stall_gap_s: float = 5.0
@@ -311,6 +316,11 @@ class Config:
         return q if q.is_absolute() else Path(self.base_dir) / q
 
     def validate(self) -> "Config":
+        if self.join.replay_timeout_s < 2 * self.standardizers.rejoin_stall_s:
+            logging.getLogger(__name__).warning(
+                "join.replay_timeout_s (%gs) is below 2 x standardizers.rejoin_stall_s (%gs): a job restart while a "
+                "standardizer recovers from a stuck group join dead-letters replayed joins as replay_incomplete",
+                self.join.replay_timeout_s, 2 * self.standardizers.rejoin_stall_s)
         if self.join.timeout_policy not in ("partial", "dead_letter"):
             raise ConfigError(f"join.timeout_policy must be 'partial' or 'dead_letter', not {self.join.timeout_policy!r}")
         if self.services.redis_appendfsync not in ("always", "everysec", "off"):
