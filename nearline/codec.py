@@ -209,18 +209,20 @@ class Codec:
         """Register every current schema now (start-up), so encoding never waits for the registry."""
         return {name: self.schema_id(name) for name in sorted(self.store.readers)}
 
+    def header(self, name: str) -> bytes:
+        """The bytes before the datum of a record ``name`` in this codec's wire format: ``C3 01`` + the
+        fingerprint, or ``00`` + the registry id."""
+        if self.wire_format == "confluent":
+            return CONFLUENT_MAGIC + self.schema_id(name).to_bytes(4, "big")
+        return MAGIC + self.store.fingerprints[name]
+
     def encode(self, name: str, record: dict) -> bytes:
         try:
             schema = self.store.readers[name]
         except KeyError:
             raise CodecError(f"no schema named {name!r}; known: {sorted(self.store.readers)}") from None
         buf = io.BytesIO()
-        if self.wire_format == "confluent":
-            buf.write(CONFLUENT_MAGIC)
-            buf.write(self.schema_id(name).to_bytes(4, "big"))
-        else:
-            buf.write(MAGIC)
-            buf.write(self.store.fingerprints[name])
+        buf.write(self.header(name))
         try:
             fastavro.schemaless_writer(buf, schema, record)
         except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:

@@ -86,9 +86,10 @@ return out
 
 # WRITE_STATE_MANY  KEYS[1]: the outbox set (entities written whose full state is not yet published, or
 # '' for none); KEYS[2..]: entities. ARGV per entity: version, partial flag, number of fields, field,
-# value, ...  The guard is _WRITE's, statement for statement; per entity the reply is 0 (refused) or its
-# hash after the write without the fields just written, so the caller has the full state without a
-# second trip.
+# value, ...  The guard is _WRITE's, statement for statement; per entity the reply is 0 (refused) or the
+# hash's other fields after the write (neither the fields just written nor _v/_partial, which the caller
+# knows), so the caller has the full state without a second trip. A hash that holds only what was just
+# written (a rebuild) answers {} without an HGETALL: HLEN tells.
 _WRITE_STATE_MANY = _VCMP + """
 local a = 1
 local out, applied = {}, {}
@@ -104,15 +105,23 @@ for i = 2, #KEYS do
     elseif c == 0 and partial == '1' and redis.call('HEXISTS', key, '_partial') == 0 then ok = false end
   end
   if ok then
-    redis.call('HSET', key, '_v', ver, unpack(ARGV, first, last))
-    redis.call('HDEL', key, '_deleted')
-    if partial == '1' then redis.call('HSET', key, '_partial', '1') else redis.call('HDEL', key, '_partial') end
+    local meta = 1
+    if partial == '1' then
+      redis.call('HSET', key, '_v', ver, '_partial', '1', unpack(ARGV, first, last))
+      redis.call('HDEL', key, '_deleted')
+      meta = 2
+    else
+      redis.call('HSET', key, '_v', ver, unpack(ARGV, first, last))
+      redis.call('HDEL', key, '_deleted', '_partial')
+    end
     applied[#applied + 1] = key
-    -- the hash minus the fields just written (the caller has those): a rebuild's reply is only _v
-    local written, rest, all = {}, {}, redis.call('HGETALL', key)
-    for j = first, last, 2 do written[ARGV[j]] = true end
-    for j = 1, #all, 2 do
-      if not written[all[j]] then rest[#rest + 1] = all[j]; rest[#rest + 1] = all[j + 1] end
+    local rest = {}
+    if redis.call('HLEN', key) ~= n + meta then
+      local written, all = {_v = true, _partial = true}, redis.call('HGETALL', key)
+      for j = first, last, 2 do written[ARGV[j]] = true end
+      for j = 1, #all, 2 do
+        if not written[all[j]] then rest[#rest + 1] = all[j]; rest[#rest + 1] = all[j + 1] end
+      end
     end
     out[i - 1] = rest
   else
@@ -208,7 +217,7 @@ class RedisEmbeddingStore:
             t, i, version, fields = up[:4]
             check_version(version)
             keys.append(self.key(t, i))
-            args += [str(int(version)), "1" if len(up) > 4 and up[4] else "0", len(fields)]
+            args += (str(int(version)), "1" if len(up) > 4 and up[4] else "0", len(fields))
             for kv in fields.items():
                 args += kv
         res = self._retrying("write", lambda: self._write_state_many(keys=keys, args=args))
@@ -217,8 +226,11 @@ class RedisEmbeddingStore:
             if x == 0:
                 out.append(None)
                 continue
-            state = {x[j].decode(): x[j + 1] for j in range(0, len(x), 2)}
+            state = {x[j].decode(): x[j + 1] for j in range(0, len(x), 2)} if x else {}
             state.update((k, v if isinstance(v, bytes) else str(v).encode()) for k, v in up[3].items())
+            state[VERSION_FIELD] = str(int(up[2])).encode()
+            if len(up) > 4 and up[4]:
+                state[PARTIAL_FIELD] = b"1"
             out.append(state)
         return out
 

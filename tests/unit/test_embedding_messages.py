@@ -72,3 +72,50 @@ def test_topic_configs_compacted_with_the_configured_retention():
     cfg.topics.embeddings_delete_retention_ms = 1000
     assert topic_configs(cfg) == {"cleanup.policy": "compact", "delete.retention.ms": "1000",
                                   "min.compaction.lag.ms": str(Config().topics.embeddings_min_compaction_lag_ms)}
+
+
+# ---- FullStateEncoder: the same bytes as fastavro ---------------------------------------------------
+def random_state(rng, n_versions: int) -> dict:
+    return {f"{rng.choice(['member_pyramid', 'job_pyramid', 'm'])}@v{i}": rng.random(int(rng.integers(0, 70))).astype("<f4").tobytes()
+            for i in range(n_versions)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_full_state_encoder_writes_fastavros_bytes(seed):
+    import numpy as np
+
+    from nearline.embedding_messages import FullStateEncoder
+
+    rng = np.random.default_rng(seed)
+    enc = FullStateEncoder(CODEC)
+    assert enc.fast
+    for _ in range(300):
+        state = random_state(rng, int(rng.integers(0, 5)))
+        if state and rng.random() < 0.2:
+            state[next(iter(state))] = None  # no vector: left out, as full_state_record does
+        changed = {k for k in state if rng.random() < 0.5}
+        eid = "".join(rng.choice(list("abcé漢0-:"), int(rng.integers(0, 300))))
+        version = int(rng.choice([0, 1, -1, 63, 64, -65, 2**31, 2**63 - 1, -2**63, int(rng.integers(0, 2**40))]))
+        at = int(rng.integers(0, 2**45))
+        partial = bool(rng.random() < 0.3)
+        rec = full_state_record("member", eid, version, state, changed, at, partial)
+        want = CODEC.encode("EntityEmbeddings", rec)
+        assert enc.encode("member", eid, version, state, changed, at, partial) == want
+        assert enc.encode_record(rec) == want
+        assert full_state_send("t", "k", rec, CODEC)[2] == want
+
+
+def test_full_state_encoder_falls_back_to_fastavro_when_the_schema_changes():
+    from nearline.codec import SchemaStore
+    from nearline.embedding_messages import FullStateEncoder
+
+    schema = json.loads((DATA_ROOT / "schemas/EntityEmbeddings.avsc").read_text())
+    schema["fields"].append({"name": "source", "type": "string", "default": "nearline"})
+    store = SchemaStore.from_dir()
+    store.add(schema)
+    codec = Codec(store)
+    enc = FullStateEncoder(codec)
+    assert not enc.fast
+    rec = full_state_record("job", "j1", 3, {"a@v1": b"\x00" * 8}, {"a@v1"}, 5)
+    assert enc.encode("job", "j1", 3, {"a@v1": b"\x00" * 8}, {"a@v1"}, 5) == codec.encode("EntityEmbeddings", rec)
+    assert codec.decode(enc.encode_record(rec))["source"] == "nearline"
