@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nearline.features import FeatureEncoder, FeatureShapeError, build_inputs
+from nearline.features import FeatureColumns, FeatureEncoder, build_feed
 from nearline.registry import ModelPackage, Registry, required_standardizers
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,9 @@ class ModelSet:
         return [m for m in self.models.values() if m.package.manifest.entity_type == entity_type
                 and m.key not in self.disabled]
 
-    def _run(self, m: LoadedModel, feature_rows: list[dict], rows_idx: list[int], feed, bad: dict[int, str]):
+    def _run(self, m: LoadedModel, rows_idx: list[int], feed, bad: dict[int, str]):
         """The model's embeddings of rows_idx ([len(rows_idx), dim]; failures recorded in ``bad``, and
-        their rows left NaN)."""
+        their rows left NaN). ``feed`` holds exactly the rows rows_idx, in that order."""
         man = m.package.manifest
         try:
             res = run_rows(m.session, man.output_name, feed)
@@ -164,7 +164,7 @@ class ModelSet:
         ran = 0
         for local, i in enumerate(rows_idx):
             try:
-                res[local] = run_rows(m.session, man.output_name, build_inputs(man, [feature_rows[i]], m.encoders))[0]
+                res[local] = run_rows(m.session, man.output_name, {k: v[local:local + 1] for k, v in feed.items()})[0]
                 ran += 1
             except Exception as exc:
                 bad[i] = f"model_failed: {man.key} failed when run: {_first_line(exc)}"
@@ -181,35 +181,53 @@ class ModelSet:
         return res
 
     def score(self, entity_type: str, feature_rows: list[dict]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-        """Score rows with every model of the type. Returns ({model key: [n, dim] float32}, {row: error}).
+        """Score rows (feature name -> {'ids', 'weights'} dicts) with every model of the type: see
+        :meth:`score_columns`."""
+        return self.score_columns(entity_type, FeatureColumns.from_rows(feature_rows))
 
-        One ORT call per model for the whole batch; a row whose features do not fit a manifest is
-        isolated (reported in the error map) without failing the others.
+    def _models_for(self, entity_type: str, keys: list[str] | None) -> list[LoadedModel]:
+        if keys is None:
+            return self.for_type(entity_type)
+        missing = [k for k in keys if k not in self.models]
+        if missing:
+            raise KeyError(f"models {missing} are not loaded (loaded: {sorted(self.models)})")
+        return [self.models[k] for k in keys
+                if self.models[k].package.manifest.entity_type == entity_type and k not in self.disabled]
+
+    def score_columns(self, entity_type: str, cols: FeatureColumns,
+                      keys: list[str] | None = None) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """Score a columnar batch with every model of the type (``keys``: only these model keys, in that
+        order). Returns ({model key: [n, dim] float32}, {row: error}); a row in the error map is left NaN by
+        the models after the one that failed it (they do not run it).
+
+        One tensor build per tower (versions with the same inputs share it) and one ORT call per model
+        for the whole batch; a row whose features do not fit a manifest is isolated (reported in the
+        error map) without failing the others.
         """
         out: dict[str, np.ndarray] = {}
         bad: dict[int, str] = {}
-        feeds: dict[tuple, dict] = {}  # versions of one tower share their inputs: build the tensors once
-        for m in self.for_type(entity_type):
+        built: dict[str, tuple] = {}  # versions of one tower share their inputs: build the tensors once
+        for m in self._models_for(entity_type, keys):
             man = m.package.manifest
-            rows_idx = [i for i in range(len(feature_rows)) if i not in bad]
-            shared = (repr(man.inputs), tuple(rows_idx))
-            try:
-                feed = feeds.get(shared)
-                if feed is None:
-                    feed = feeds[shared] = build_inputs(man, [feature_rows[i] for i in rows_idx], m.encoders)
-            except FeatureShapeError:
-                keep = []
-                for i in rows_idx:
-                    try:
-                        build_inputs(man, [feature_rows[i]], m.encoders)
-                        keep.append(i)
-                    except FeatureShapeError as exc:
-                        bad[i] = f"features_do_not_fit: features do not fit {man.key}: {exc}"
-                rows_idx = keep
-                feed = build_inputs(man, [feature_rows[i] for i in rows_idx], m.encoders) if rows_idx else None
-            full = np.full((len(feature_rows), man.output_dim), np.nan, dtype=np.float32)
-            if feed is not None:
-                res = self._run(m, feature_rows, rows_idx, feed, bad)
+            shared = repr(man.inputs)
+            got = built.get(shared)
+            if got is None:
+                got = built[shared] = build_feed(man, cols, m.encoders)
+            feed, errors = got
+            for i, exc in errors.items():
+                if i not in bad:
+                    bad[i] = f"features_do_not_fit: features do not fit {man.key}: {exc}"
+            if bad:
+                keep = np.ones(cols.n, dtype=bool)
+                keep[list(bad)] = False
+                rows = np.flatnonzero(keep)
+                feed = {k: v[rows] for k, v in feed.items()}
+                rows_idx = rows.tolist()
+            else:
+                rows_idx = list(range(cols.n))
+            full = np.full((cols.n, man.output_dim), np.nan, dtype=np.float32)
+            if rows_idx:
+                res = self._run(m, rows_idx, feed, bad)
                 full[rows_idx] = res
                 finite = np.isfinite(res).all(axis=1)
                 if not finite.all():

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 from nearline import REPO_ROOT
 from nearline.features import build_inputs
@@ -92,3 +93,65 @@ def test_non_finite_embeddings_are_reported_never_returned(tmp_path):
     ok = {"title": {"ids": [3], "weights": None}}
     _, errors = ms.score("member", [ok, huge])
     assert list(errors) == [1] and errors[1].startswith("non_finite_embedding: ")
+
+
+# ---- the columnar entry point the backfill shares with the job ---------------------------------------
+
+def _reference_score(ms, entity_type, rows, keys=None):
+    """ModelSet.score's former contract, model by model and row by row: a row that does not fit or fails
+    is reported once (first model that refuses it) and not run by the later models."""
+    from nearline.features import FeatureShapeError
+
+    models = [ms.models[k] for k in keys] if keys is not None else ms.for_type(entity_type)
+    out, bad = {}, {}
+    for m in models:
+        if m.package.manifest.entity_type != entity_type or m.key in ms.disabled:
+            continue
+        man = m.package.manifest
+        full = np.full((len(rows), man.output_dim), np.nan, dtype=np.float32)
+        for i, row in enumerate(rows):
+            if i in bad:
+                continue
+            try:
+                feed = build_inputs(man, [row], m.encoders)
+            except FeatureShapeError as exc:
+                bad[i] = f"features_do_not_fit: features do not fit {man.key}: {exc}"
+                continue
+            full[i] = run_rows(m.session, man.output_name, feed)[0]
+        out[m.key] = full
+    return out, bad
+
+
+def test_score_columns_is_score_and_keys_restrict_the_models(tmp_path):
+    from nearline.features import FeatureColumns
+
+    reg = Registry(tmp_path / "registry.yaml")
+    for name, seed in (("m_a", 1), ("m_b", 2)):
+        reg.register(make_package(tmp_path, name, "v1", "member", seed=seed))
+    reg.register(make_package(tmp_path, "m_a", "v2", "member", seed=5))
+    reg.register(make_package(tmp_path, "j_a", "v1", "job", seed=3))
+    ms = ModelSet(RegistryWatcher(reg, ["member", "job"]))
+    rng = np.random.default_rng(3)
+    rows = [{"title": {"ids": rng.integers(0, 30, size=int(rng.integers(0, 3))).tolist(), "weights": None},
+             "skills": {"ids": [1, 2, 3], "weights": [0.5, 1.0, 2.0]}} for _ in range(30)]
+    rows[4] = {"skills": {"ids": [1, 2], "weights": [1.0]}}
+    rows[9] = {"geo": {"ids": [-1], "weights": None}}
+    rows[11] = {}  # every feature absent: the declared defaults
+    want, want_bad = _reference_score(ms, "member", rows)
+    got, got_bad = ms.score("member", rows)
+    assert got_bad == want_bad and set(got_bad) == {4, 9}
+    assert list(got) == list(want) == ["m_a@v1", "m_b@v1", "m_a@v2"]
+    for k in want:
+        assert got[k].tobytes() == want[k].tobytes()  # bitwise, NaN rows included
+    cols = FeatureColumns.from_rows(rows)
+    only, only_bad = ms.score_columns("member", cols, keys=["m_a@v2", "m_a@v1"])
+    assert list(only) == ["m_a@v2", "m_a@v1"] and only_bad == {
+        i: e.replace("m_a@v1", "m_a@v2") for i, e in want_bad.items()}  # the first model that refuses names itself
+    assert all(only[k].tobytes() == want[k].tobytes() for k in only)
+    sub, sub_bad = ms.score_columns("member", cols.take([9, 0, 1]), keys=["m_b@v1"])
+    assert list(sub_bad) == [0] and sub["m_b@v1"][1:].tobytes() == want["m_b@v1"][[0, 1]].tobytes()
+    one, _ = ms.score_columns("member", cols.take([5]), keys=["m_b@v1"])  # a lone row: the batch-of-two path
+    assert one["m_b@v1"].tobytes() == want["m_b@v1"][5:6].tobytes()
+    assert ms.score_columns("member", cols, keys=["j_a@v1"]) == ({}, {})  # another type's model: nothing
+    with pytest.raises(KeyError, match="nope@v1"):
+        ms.score_columns("member", cols, keys=["nope@v1"])
