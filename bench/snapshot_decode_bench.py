@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from nearline.codec import Codec  # noqa: E402
 from nearline.features import FeatureColumns, FeatureEncoder, FeatureShapeError, build_inputs_columns  # noqa: E402
 from nearline.registry import Manifest  # noqa: E402
-from nearline.snapshot_columns import _framed, _read_block, _arrow_features, decode_snapshots  # noqa: E402
+from nearline.snapshot_columns import _arrow_features, _framed, _read_block, decode_snapshots  # noqa: E402
 
 PACKAGES = ROOT / "models" / "packages"
 
@@ -130,8 +130,9 @@ def main(argv=None) -> None:
     datums = [[v[10:] for v in b] for b in batches]
     t_scan = best(lambda: [_framed(d) for d in datums], args.repeat)
     schema = codec.store.readers["FeatureSnapshot"]
-    tables = [_read_block(d, schema) for d in datums]
-    t_block = best(lambda: [_read_block(d, schema) for d in datums], args.repeat)
+    fp = codec.store.fingerprints["FeatureSnapshot"]
+    tables = [_read_block(d, schema, fp) for d in datums]
+    t_block = best(lambda: [_read_block(d, schema, fp) for d in datums], args.repeat)
     t_arrow = best(lambda: [_arrow_features(t.column("features")) for t in tables], args.repeat)
     t_rowloop = best(lambda: [per_row_build_inputs(man, d, encoders) for d in dicts], args.repeat)
     t_vector = best(lambda: [build_inputs_columns(man, c, encoders) for c in cols], args.repeat)

@@ -3,7 +3,7 @@
 fastavro costs 15-30 us per snapshot record in Python objects; the backfill only needs the features as
 arrays. So the datums whose writer schema is the current FeatureSnapshot schema are concatenated into one
 block of an in-memory Avro object container file and read by polars-avro (Rust, arrow-avro) in one call
-(~2 us per record, bench/snapshot_decode_bench.py); the map column's Arrow buffers become FeatureColumns
+(~1-2 us per record, bench/snapshot_decode_bench.py); the map column's Arrow buffers become FeatureColumns
 with numpy, no Python object per feature or id. Every other record (an older writer schema, a schema id
 from another registry, anything odd) goes through ``Codec.decode`` one by one and is merged back in its
 place; a record that cannot be decoded gets a per-row error (the backfill dead-letters it), never an
@@ -19,13 +19,13 @@ If the block read raises anyway (e.g. invalid UTF-8), every record of it takes t
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass
 
 import numpy as np
 
-from nearline.codec import (CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, HEADER_LEN, MAGIC, Codec, CodecError,
-                            schema_fingerprint)
+from nearline.codec import CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, HEADER_LEN, MAGIC, Codec, CodecError
 from nearline.features import NO_ERROR, FeatureColumn, FeatureColumns, _first_per_row, _ranges
 
 SCHEMA = "FeatureSnapshot"
@@ -72,11 +72,12 @@ def decode_snapshots(values: list[bytes], codec: Codec) -> SnapshotColumns:
     sid = codec.registry.ids.get(SCHEMA) if codec.registry is not None else None
     if fp != SCANNED_FINGERPRINT:
         fp = sid = None
+    prefix = MAGIC + fp if fp is not None else None
     fast, datums = [], []
     for i, v in enumerate(values):
         if not isinstance(v, (bytes, bytearray)):
             continue
-        if len(v) >= HEADER_LEN and v[:2] == MAGIC and v[2:HEADER_LEN] == fp:
+        if v[:HEADER_LEN] == prefix:
             fast.append(i)
             datums.append(bytes(v[HEADER_LEN:]))
         elif sid is not None and len(v) >= CONFLUENT_HEADER_LEN and v[:1] == CONFLUENT_MAGIC \
@@ -91,7 +92,7 @@ def decode_snapshots(values: list[bytes], codec: Codec) -> SnapshotColumns:
             datums = [d for d, ok in zip(datums, framed) if ok]
         if datums:
             try:
-                block = _read_block(datums, codec.store.readers[SCHEMA])
+                block = _read_block(datums, codec.store.readers[SCHEMA], fp)
             except Exception:  # a datum arrow-avro refuses (e.g. invalid UTF-8): decode them one by one
                 block, fast = None, []
     if block is None:
@@ -102,11 +103,16 @@ def decode_snapshots(values: list[bytes], codec: Codec) -> SnapshotColumns:
 
     out = SnapshotColumns([None] * n, [None] * n, [None] * n, [None] * n, [None] * n, {}, FeatureColumns(0, {}),
                           is_fast)
-    if fast:
-        for name in ("entity_type", "entity_id", "version", "partial", "missing"):
-            col = getattr(out, name)
-            for i, x in zip(fast, block.column(name).to_pylist()):
-                col[i] = x
+    for name in ("entity_type", "entity_id", "version", "partial", "missing") if fast else ():
+        col = block.column(name)
+        # numbers through numpy: Arrow's to_pylist costs ~0.2 us an element
+        got = _np(col).tolist() if name in ("version", "partial") else col.to_pylist()
+        if not slow:
+            setattr(out, name, got)
+            continue
+        col = getattr(out, name)
+        for i, x in zip(fast, got):
+            col[i] = x
     slow_rows, slow_errors = [], {}
     for local, i in enumerate(slow):
         try:
@@ -147,12 +153,12 @@ def _zigzag(x: int) -> bytes:
     return bytes(out)
 
 
-def _read_block(datums: list[bytes], parsed_schema):
+def _read_block(datums: list[bytes], parsed_schema, fingerprint: bytes):
     """One object-container-file block of the datums, read by polars-avro: a pyarrow Table, one chunk."""
     import fastavro
     import polars_avro
 
-    key = schema_fingerprint(parsed_schema)
+    key = fingerprint
     header = _HEADERS.get(key)
     if header is None:
         buf = io.BytesIO()
@@ -160,7 +166,18 @@ def _read_block(datums: list[bytes], parsed_schema):
         header = _HEADERS[key] = buf.getvalue()
     body = b"".join(datums)
     ocf = b"".join((header, _zigzag(len(datums)), _zigzag(len(body)), body, header[-16:]))
-    table = polars_avro.read_avro(io.BytesIO(ocf), batch_size=len(datums)).to_arrow().combine_chunks()
+    try:
+        # polars-avro's own Arrow source, without the polars LazyFrame around it: 1.3 us a record in
+        # batches of 1024 against 4 through read_avro (measured); the version is pinned for it
+        from polars_avro._avro_rs import AvroSource
+    except ImportError:
+        table = polars_avro.read_avro(io.BytesIO(ocf), batch_size=len(datums)).to_arrow()
+    else:
+        import pyarrow as pa
+
+        src = AvroSource([lambda: contextlib.nullcontext(io.BytesIO(ocf))], False, False)
+        table = pa.Table.from_batches([pa.record_batch(rb) for rb in src.batch_iter(len(datums), None)])
+    table = table.combine_chunks()
     if table.num_rows != len(datums):
         raise CodecError(f"block of {len(datums)} snapshot records read as {table.num_rows} rows")
     return table
