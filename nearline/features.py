@@ -197,19 +197,30 @@ class FeatureColumns:
         feature is absent). A row that does not fit gets its FeatureShapeError text, never an exception."""
         n = len(rows)
         row_errors: dict[int, str] = {}
-        found: dict[str, list] = {}  # name -> [(row, ids, weights | None, structural error | None)]
+        found: dict[str, _Found] = {}
         for i, row in enumerate(rows):
-            if not isinstance(row, dict):
+            if type(row) is not dict and not isinstance(row, dict):
                 row_errors[i] = f"features must be a map of feature name to {{ids, weights}}, got {type(row).__name__}"
                 continue
             for name, feat in row.items():
                 if feat is None:
                     continue
-                entries = found.get(name)
-                if entries is None:
-                    entries = found[name] = []
-                entries.append((i, *_check_feature(name, feat)))
-        return cls(n, {name: _column(name, n, entries) for name, entries in found.items()}, row_errors)
+                got = found.get(name)
+                if got is None:
+                    got = found[name] = _Found()
+                got.rows.append(i)
+                if type(feat) is dict:  # the common shape, checked inline (this loop is the job's per-row cost)
+                    raw, weights = feat.get("ids"), feat.get("weights")
+                    if type(raw) is list and (weights is None or (type(weights) is list and len(weights) == len(raw))):
+                        got.ids.append(raw)
+                        got.weights.append(weights)
+                        continue
+                raw, weights, err = _check_feature(name, feat)
+                got.ids.append(raw)
+                got.weights.append(weights)
+                if err is not None:
+                    got.errors[i] = err
+        return cls(n, {name: _column(name, n, got) for name, got in found.items()}, row_errors)
 
     def errors_for(self, manifest: Manifest) -> dict[int, str]:
         """row -> why it does not fit ``manifest`` (the FeatureShapeError the per-row builder raised)."""
@@ -232,11 +243,20 @@ def _check_feature(name: str, feat) -> tuple[list, list | None, str | None]:
     return raw, weights, None
 
 
-def _column(name: str, n: int, entries: list) -> FeatureColumn:
-    rows = np.fromiter((e[0] for e in entries), dtype=np.int64, count=len(entries))
-    lens_e = np.fromiter((len(e[1]) for e in entries), dtype=np.int64, count=len(entries))
+@dataclass
+class _Found:
+    """One feature's entries of a batch of dict rows, in row order (from_rows)."""
+
+    rows: list[int] = field(default_factory=list)
+    ids: list = field(default_factory=list)
+    weights: list = field(default_factory=list)      # list or None per entry
+    errors: dict[int, str] = field(default_factory=dict)  # container errors (ids left empty)
+
+
+def _column(name: str, n: int, got: _Found) -> FeatureColumn:
+    rows = np.asarray(got.rows, dtype=np.int64)
     lens = np.zeros(n, dtype=np.int64)
-    lens[rows] = lens_e
+    lens[rows] = np.fromiter(map(len, got.ids), dtype=np.int64, count=len(got.ids))
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lens, out=offsets[1:])
     present = np.zeros(n, dtype=bool)
@@ -244,28 +264,29 @@ def _column(name: str, n: int, entries: list) -> FeatureColumn:
     error_at = np.full(n, NO_ERROR, dtype=np.int64)
     errors: dict[int, str] = {}
     # weights: the rows that carry them must be numbers (not bool); the others are 1.0
+    weighted = [(i, w) for i, w in zip(got.rows, got.weights) if w is not None]
     has_w = np.zeros(n, dtype=bool)
-    weighted = [e for e in entries if e[2] is not None]
-    has_w[[e[0] for e in weighted]] = True
+    has_w[[i for i, _ in weighted]] = True
     weights = np.ones(int(offsets[-1]), dtype=np.float32)
     if weighted:
-        flat_w = list(chain.from_iterable(e[2] for e in weighted))
+        flat_w = list(chain.from_iterable(w for _, w in weighted))
         if not set(map(type, flat_w)) <= {float, int}:  # rare types: check row by row
-            for i, _, w, _ in weighted:
+            for i, w in weighted:
                 if not all(isinstance(x, _NUMBER_TYPES) and not isinstance(x, bool) for x in w):
                     error_at[i], errors[i] = -1, f"feature {name}: weights must be numbers"
-        ok = [e for e in weighted if error_at[e[0]] == NO_ERROR]
+            weighted = [(i, w) for i, w in weighted if error_at[i] == NO_ERROR]
+            flat_w = list(chain.from_iterable(w for _, w in weighted))
         mask = np.repeat(has_w & (error_at == NO_ERROR), lens)
         try:
-            weights[mask] = np.array(list(chain.from_iterable(e[2] for e in ok)), dtype=np.float32)
+            weights[mask] = np.array(flat_w, dtype=np.float32)
         except OverflowError:  # an int beyond any float (the per-row builder crashed on it)
-            for i, _, w, _ in ok:
+            for i, w in weighted:
                 try:
                     weights[offsets[i]:offsets[i + 1]] = np.array(w, dtype=np.float32)
                 except OverflowError:
                     error_at[i], errors[i] = -1, f"feature {name}: weights must be numbers a float32 can hold"
     # ids: non-negative integers (not bool); the first invalid one of a row is its error position
-    flat = list(chain.from_iterable(e[1] for e in entries))
+    flat = list(chain.from_iterable(got.ids))
     ids = None
     if set(map(type, flat)) <= {int}:
         try:
@@ -282,7 +303,7 @@ def _column(name: str, n: int, entries: list) -> FeatureColumn:
                     error_at[i], errors[i] = pos, _bad_id(name, flat[int(offsets[i]) + pos])
     else:
         ids = np.zeros(len(flat), dtype=np.int64)
-        for i, raw, _, _ in entries:
+        for i, raw in zip(got.rows, got.ids):
             start = int(offsets[i])
             for pos, t in enumerate(raw):
                 if isinstance(t, bool) or not isinstance(t, _INT_TYPES) or t < 0:
@@ -290,9 +311,8 @@ def _column(name: str, n: int, entries: list) -> FeatureColumn:
                         error_at[i], errors[i] = pos, _bad_id(name, t)
                     break
                 ids[start + pos] = min(int(t), INT64_MAX)
-    for i, _, _, err in entries:  # the container errors come first, whatever the elements
-        if err is not None:
-            error_at[i], errors[i] = -1, err
+    for i, err in got.errors.items():  # the container errors come first, whatever the elements
+        error_at[i], errors[i] = -1, err
     return FeatureColumn(present, offsets, ids, weights, has_w, error_at, errors)
 
 
