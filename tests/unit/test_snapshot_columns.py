@@ -220,3 +220,19 @@ def test_a_signaling_nan_weight_comes_back_as_the_dict_path_gives_it():
 def test_the_scan_walks_the_current_schema():
     """_Scan hard-codes FeatureSnapshot's layout: a schema change must update it (and this fingerprint)."""
     assert C.store.fingerprints[SCHEMA] == SCANNED_FINGERPRINT
+
+
+def test_arrays_in_several_blocks_or_with_byte_sizes_are_read_in_the_block():
+    """Avro lets a writer split an array into blocks and give a block's byte size (a negative count);
+    fastavro never does, other writers may: the scan follows them."""
+    rec = {"entity_type": "member", "entity_id": "m", "version": 1, "partial": False, "missing": [],
+           "features": {"skills": {"ids": [5, 6], "weights": None}}, "written_at": 0}
+    value = C.encode(SCHEMA, rec)
+    canonical = b"\x04\x0a\x0c\x00"  # count 2, ids 5 and 6, end
+    assert value.count(canonical) == 1
+    variants = [value.replace(canonical, b"\x02\x0a\x02\x0c\x00"),    # two blocks of one
+                value.replace(canonical, b"\x03\x04\x0a\x0c\x00"),    # count -2, 2 bytes
+                value.replace(canonical, b"\x03\x06\x0a\x0c\x00")]    # a byte size that is wrong
+    sc, recs = assert_matches_reference([value] + variants)
+    assert all(r["features"]["skills"]["ids"] == [5, 6] for r in recs)
+    assert sc.from_block.tolist() == [True, True, True, False]
