@@ -236,3 +236,27 @@ def test_arrays_in_several_blocks_or_with_byte_sizes_are_read_in_the_block():
     sc, recs = assert_matches_reference([value] + variants)
     assert all(r["features"]["skills"]["ids"] == [5, 6] for r in recs)
     assert sc.from_block.tolist() == [True, True, True, False]
+
+
+def test_the_backfill_path_scores_as_the_job_path():
+    """decode_snapshots -> rows of one entity type -> ModelSet.score_columns (chosen versions) gives the
+    bits ModelSet.score gives on the record-by-record decoded dicts (the job's path)."""
+    from nearline import REPO_ROOT
+    from nearline.registry import Registry
+    from nearline.scoring import ModelSet, RegistryWatcher
+
+    ms = ModelSet(RegistryWatcher(Registry(REPO_ROOT / "models/registry.yaml"), ["member", "job"]))
+    recs = _records(300, np.random.default_rng(9))
+    for i, r in enumerate(recs):
+        r["entity_type"] = "job" if i % 3 == 0 else "member"
+    recs[10]["features"]["geo"] = {"ids": [-2], "weights": None}
+    values = [C.encode(SCHEMA, r) for r in recs]
+    values[20] = b"junk"
+    sc = decode_snapshots(values, C)
+    assert list(sc.errors) == [20]
+    for etype, key in (("member", "member_pyramid@v1"), ("job", "job_pyramid@v1")):
+        idx = [i for i in range(len(values)) if sc.entity_type[i] == etype]
+        got, got_bad = ms.score_columns(etype, sc.features.take(idx), keys=[key])
+        want, want_bad = ms.score(etype, [C.decode(values[i])["features"] for i in idx])
+        assert got_bad == want_bad and (etype != "member" or list(got_bad) == [idx.index(10)])
+        assert got[key].tobytes() == want[key].tobytes()
