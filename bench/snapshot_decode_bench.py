@@ -7,7 +7,7 @@ bench/backfill_bench.py makes them, plus ids beyond vocab and max_len), in batch
 
 1. decode: fastavro record by record (Codec.decode, what the backfill did) against decode_snapshots
    (nearline/snapshot_columns.py: framing scan + one polars-avro block read + Arrow -> FeatureColumns);
-2. tensors: the former per-row build_inputs loop (copied below) on the decoded dicts, against the
+2. tensors: the former per-row build_inputs loop (the tests' reference copy) on the decoded dicts, against the
    vectorised build_inputs_columns on decode_snapshots' columns (and, the job's path, from_rows + it);
 3. the baseline: onnxruntime alone on the same tensors and batches (one thread).
 
@@ -28,47 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from nearline.codec import Codec  # noqa: E402
-from nearline.features import FeatureColumns, FeatureEncoder, FeatureShapeError, build_inputs_columns  # noqa: E402
+from nearline.features import FeatureColumns, FeatureEncoder, build_inputs_columns  # noqa: E402
 from nearline.registry import Manifest  # noqa: E402
 from nearline.snapshot_columns import _arrow_features, _framed, _read_block, decode_snapshots  # noqa: E402
+# the former per-row builder, kept as the tests' reference: the baseline
+from tests.unit.test_features_columns import reference_build_inputs as per_row_build_inputs  # noqa: E402
 
 PACKAGES = ROOT / "models" / "packages"
-
-
-def per_row_build_inputs(manifest, rows, encoders=None):
-    """The per-row builder nearline/features.py had before the columnar one (the baseline)."""
-    n = len(rows)
-    feed = {}
-    for f in manifest.inputs:
-        enc = encoders[f.name] if encoders else FeatureEncoder(f)
-        ids = np.full((n, f.max_len), f.pad_id, dtype=np.int64)
-        w = np.zeros((n, f.max_len), dtype=np.float32) if f.weighted else None
-        for i, row in enumerate(rows):
-            feat = row.get(f.name)
-            if feat is None:
-                raw, weights = f.default_ids, None
-            else:
-                if not isinstance(feat, dict):
-                    raise FeatureShapeError(f"feature {f.name}: must be a record with ids, got {type(feat).__name__}")
-                raw, weights = feat.get("ids"), feat.get("weights")
-                if not isinstance(raw, (list, tuple)):
-                    raise FeatureShapeError(f"feature {f.name}: ids must be a list, got {type(raw).__name__}")
-                if weights is not None:
-                    if not isinstance(weights, (list, tuple)):
-                        raise FeatureShapeError(f"feature {f.name}: weights must be a list or null")
-                    if len(weights) != len(raw):
-                        raise FeatureShapeError(f"feature {f.name}: {len(weights)} weights for {len(raw)} ids")
-                    if not all(isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool)
-                               for x in weights):
-                        raise FeatureShapeError(f"feature {f.name}: weights must be numbers")
-            r = enc.rows(raw)
-            ids[i, : len(r)] = r
-            if w is not None:
-                w[i, : len(r)] = weights[: len(r)] if weights is not None else 1.0
-        feed[f.onnx_input] = ids
-        if w is not None:
-            feed[f.weight_input] = w
-    return feed
 
 
 def make_records(n: int, man: Manifest, seed: int = 0) -> list[dict]:

@@ -115,7 +115,7 @@ class FeatureColumn:
         lens = np.diff(self.offsets)[indices]
         offsets = np.zeros(len(indices) + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
-        src = _ranges(self.offsets[:-1][indices], lens, offsets)
+        src = list_ranges(self.offsets[:-1][indices], lens, offsets)
         return FeatureColumn(self.present[indices], offsets, self.ids[src], self.weights[src],
                              self.has_weights[indices], self.error_at[indices], _take_errors(self.errors, indices))
 
@@ -128,7 +128,7 @@ def _take_errors(errors: dict[int, str], indices: np.ndarray) -> dict[int, str]:
     return {int(new): errors[int(indices[new])] for new in hit}
 
 
-def _ranges(starts: np.ndarray, lens: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+def list_ranges(starts: np.ndarray, lens: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
     """Concatenated ``arange(s, s + l)`` for each (start, len), without a Python loop."""
     if offsets is None:
         offsets = np.zeros(len(lens) + 1, dtype=np.int64)
@@ -139,13 +139,20 @@ def _ranges(starts: np.ndarray, lens: np.ndarray, offsets: np.ndarray | None = N
     return np.arange(total, dtype=np.int64) + np.repeat(starts - offsets[:-1], lens)
 
 
-def _first_per_row(rows_of: np.ndarray, flat_pos: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Of flagged flat positions (ascending) and their rows: the rows and their first flagged position
-    within the row."""
-    first = np.ones(len(flat_pos), dtype=bool)
-    first[1:] = rows_of[1:] != rows_of[:-1]
-    rows = rows_of[first]
-    return rows, flat_pos[first] - offsets[rows]
+def record_negative_ids(name: str, ids: np.ndarray, offsets: np.ndarray, error_at: np.ndarray,
+                        errors: dict[int, str]) -> None:
+    """For each row of a column with a negative id and no error yet: its first negative id's position and
+    FeatureShapeError text (the per-row builder's check, for the whole column at once)."""
+    bad = np.flatnonzero(ids < 0)
+    if not len(bad):
+        return
+    row_of = np.searchsorted(offsets, bad, side="right") - 1
+    first = np.ones(len(bad), dtype=bool)
+    first[1:] = row_of[1:] != row_of[:-1]
+    rows = row_of[first]
+    for i, pos in zip(rows.tolist(), (bad[first] - offsets[rows]).tolist()):
+        if error_at[i] == NO_ERROR:
+            error_at[i], errors[i] = pos, _bad_id(name, int(ids[offsets[i] + pos]))
 
 
 @dataclass
@@ -294,13 +301,7 @@ def _column(name: str, n: int, got: _Found) -> FeatureColumn:
         except OverflowError:  # a valid id beyond int64
             ids = None
     if ids is not None:
-        bad = np.flatnonzero(ids < 0)
-        if len(bad):
-            row_of = np.searchsorted(offsets, bad, side="right") - 1
-            for i, pos in zip(*_first_per_row(row_of, bad, offsets)):
-                i, pos = int(i), int(pos)
-                if error_at[i] == NO_ERROR:
-                    error_at[i], errors[i] = pos, _bad_id(name, flat[int(offsets[i]) + pos])
+        record_negative_ids(name, ids, offsets, error_at, errors)
     else:
         ids = np.zeros(len(flat), dtype=np.int64)
         for i, raw in zip(got.rows, got.ids):
@@ -381,7 +382,7 @@ def _tensors(manifest: Manifest, cols: FeatureColumns, encoders: dict[str, Featu
             k_offsets = np.zeros(n + 1, dtype=np.int64)
             np.cumsum(k, out=k_offsets[1:])
             if k_offsets[-1]:
-                src = _ranges(col.offsets[:-1], k, k_offsets)
+                src = list_ranges(col.offsets[:-1], k, k_offsets)
                 flat_rows = np.repeat(np.arange(n, dtype=np.int64), k)
                 flat_cols = np.arange(len(src), dtype=np.int64) - k_offsets[flat_rows]
                 vals = col.ids[src]

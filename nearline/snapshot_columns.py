@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nearline.codec import CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, HEADER_LEN, MAGIC, Codec, CodecError
-from nearline.features import NO_ERROR, FeatureColumn, FeatureColumns, _first_per_row, _ranges
+from nearline.features import NO_ERROR, FeatureColumn, FeatureColumns, list_ranges, record_negative_ids
 
 SCHEMA = "FeatureSnapshot"
 SCANNED_FINGERPRINT = bytes.fromhex("ad61d4ee4a91fd29")
@@ -226,7 +226,7 @@ def _arrow_features(chunked) -> FeatureColumns:
         np.cumsum(lens, out=offsets[1:])
         present = np.zeros(n, dtype=bool)
         present[rows] = True
-        ids = ids_vals[_ranges(ids_off[sel], lens_e)]
+        ids = ids_vals[list_ranges(ids_off[sel], lens_e)]
         error_at = np.full(n, NO_ERROR, dtype=np.int64)
         errors: dict[int, str] = {}
         for i, wl, il in zip(rows[wrong].tolist(), wlens_e[wrong].tolist(), wrong_ids.tolist()):
@@ -238,20 +238,13 @@ def _arrow_features(chunked) -> FeatureColumns:
         if ok.any():
             ok_rows = np.zeros(n, dtype=bool)
             ok_rows[rows[ok]] = True
-            w = w_vals[_ranges(w_off[sel[ok]], lens_e[ok])]
+            w = w_vals[list_ranges(w_off[sel[ok]], lens_e[ok])]
             nan = np.isnan(w)
             if nan.any():  # the dict path widens each float to a Python float: a signaling NaN comes back quiet
                 w = w.copy()
                 w.view(np.uint32)[nan] |= 0x00400000
             weights[np.repeat(ok_rows, lens)] = w
-        bad = np.flatnonzero(ids < 0)
-        if len(bad):
-            row_of = np.searchsorted(offsets, bad, side="right") - 1
-            for i, pos in zip(*_first_per_row(row_of, bad, offsets)):
-                i, pos = int(i), int(pos)
-                if error_at[i] == NO_ERROR:
-                    error_at[i] = pos
-                    errors[i] = f"feature {name}: taxonomy id {int(ids[offsets[i] + pos])!r} is not a non-negative integer"
+        record_negative_ids(name, ids, offsets, error_at, errors)
         columns[name] = FeatureColumn(present, offsets, ids, weights, has_w, error_at, errors)
     return FeatureColumns(n, columns)
 

@@ -220,3 +220,43 @@ def test_a_signaling_nan_weight_comes_back_as_the_dict_path_gives_it():
 def test_the_scan_walks_the_current_schema():
     """_Scan hard-codes FeatureSnapshot's layout: a schema change must update it (and this fingerprint)."""
     assert C.store.fingerprints[SCHEMA] == SCANNED_FINGERPRINT
+
+
+def test_arrays_in_several_blocks_or_with_byte_sizes_are_read_in_the_block():
+    """Avro lets a writer split an array into blocks and give a block's byte size (a negative count);
+    fastavro never does, other writers may: the scan follows them."""
+    rec = {"entity_type": "member", "entity_id": "m", "version": 1, "partial": False, "missing": [],
+           "features": {"skills": {"ids": [5, 6], "weights": None}}, "written_at": 0}
+    value = C.encode(SCHEMA, rec)
+    canonical = b"\x04\x0a\x0c\x00"  # count 2, ids 5 and 6, end
+    assert value.count(canonical) == 1
+    variants = [value.replace(canonical, b"\x02\x0a\x02\x0c\x00"),    # two blocks of one
+                value.replace(canonical, b"\x03\x04\x0a\x0c\x00"),    # count -2, 2 bytes
+                value.replace(canonical, b"\x03\x06\x0a\x0c\x00")]    # a byte size that is wrong
+    sc, recs = assert_matches_reference([value] + variants)
+    assert all(r["features"]["skills"]["ids"] == [5, 6] for r in recs)
+    assert sc.from_block.tolist() == [True, True, True, False]
+
+
+def test_the_backfill_path_scores_as_the_job_path():
+    """decode_snapshots -> rows of one entity type -> ModelSet.score_columns (chosen versions) gives the
+    bits ModelSet.score gives on the record-by-record decoded dicts (the job's path)."""
+    from nearline import REPO_ROOT
+    from nearline.registry import Registry
+    from nearline.scoring import ModelSet, RegistryWatcher
+
+    ms = ModelSet(RegistryWatcher(Registry(REPO_ROOT / "models/registry.yaml"), ["member", "job"]))
+    recs = _records(300, np.random.default_rng(9))
+    for i, r in enumerate(recs):
+        r["entity_type"] = "job" if i % 3 == 0 else "member"
+    recs[10]["features"]["geo"] = {"ids": [-2], "weights": None}
+    values = [C.encode(SCHEMA, r) for r in recs]
+    values[20] = b"junk"
+    sc = decode_snapshots(values, C)
+    assert list(sc.errors) == [20]
+    for etype, key in (("member", "member_pyramid@v1"), ("job", "job_pyramid@v1")):
+        idx = [i for i in range(len(values)) if sc.entity_type[i] == etype]
+        got, got_bad = ms.score_columns(etype, sc.features.take(idx), keys=[key])
+        want, want_bad = ms.score(etype, [C.decode(values[i])["features"] for i in idx])
+        assert got_bad == want_bad and (etype != "member" or list(got_bad) == [idx.index(10)])
+        assert got[key].tobytes() == want[key].tobytes()
