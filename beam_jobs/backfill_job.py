@@ -2,13 +2,15 @@
 nearline/backfill.py (scan, version-guarded score-and-write), unit-tested without Beam.
 
     Create(partition ranges of the snapshot topic)
-      -> ReadSnapshotRange (newest entry per entity of one partition, in batches)
-      -> BackfillBatch (Redis read -> score missing versions with ORT -> Redis CAS -> full state to Kafka)
+      -> BackfillRange (nearline.backfill.run_range: newest entry per entity of one range -> batches:
+         Redis read -> score missing versions with ORT -> Redis CAS -> full state to Kafka; counters to
+         the run's progress hash)
 
-No shuffle: every entity's records are in one partition of the snapshot topic, so the newest entry per
-entity is found inside one range, and the graph stays fusible (a batch is written while the next is
-read; a GroupByKey would materialize every entity's features at once). Ranges are independent, so
-runners with several workers read and score partitions in parallel.
+One DoFn per range, no PCollection of entities: every entity's records are in one partition of the
+snapshot topic, so the newest entry per entity is found inside one range and nothing needs a shuffle.
+An earlier graph passed each batch of decoded rows from a read DoFn to a write DoFn: the runner
+sized (encoded) those elements for its metrics and doubled the backfill's time. Ranges are
+independent, so runners with several workers read and score partitions in parallel.
 """
 
 from __future__ import annotations
@@ -23,68 +25,42 @@ from nearline.codec import codec_for
 log = logging.getLogger(__name__)
 
 
-class ReadSnapshotRange(beam.DoFn):
-    def __init__(self, bootstrap: str, batch_size: int, kafka_cfg=None, codec=None):
-        self.bootstrap, self.batch_size, self.kafka_cfg = bootstrap, batch_size, kafka_cfg
+class BackfillRange(beam.DoFn):
+    def __init__(self, cfg, bootstrap: str, redis_url: str, chosen: list[str], progress_key: str,
+                 dry_run: bool, rescore: bool, batch_size: int, codec=None):
+        self.cfg, self.bootstrap, self.redis_url = cfg, bootstrap, redis_url
+        self.chosen, self.progress_key, self.dry_run, self.rescore = chosen, progress_key, dry_run, rescore
+        self.batch_size = batch_size
         self.codec = codec  # codec_for(cfg): pickled with its cached schema-registry ids
 
     def setup(self):
         from nearline import kafka_io
-        from nearline.backfill import RangeReader
-        from nearline.codec import Codec
-
-        if self.kafka_cfg is not None:
-            kafka_io.configure_security(self.kafka_cfg)  # this DoFn may run in another process
-
-        self.reader = RangeReader(self.bootstrap)
-        self.codec = self.codec or Codec()
-
-    def teardown(self):
-        if getattr(self, "reader", None):
-            self.reader.close()
-
-    def process(self, rng):
-        from nearline.backfill import batches_with_progress, decode_rows
-
-        entries, scanned = self.reader.scan(rng, self.codec)
-        first = True
-        ordered = sorted(entries.values(), key=lambda e: e.offset)
-        for chunk, share in batches_with_progress(ordered, self.batch_size, rng.size):
-            yield (decode_rows(chunk, rng.partition, self.codec), share, scanned if first else 0)
-            first = False
-
-
-class BackfillBatch(beam.DoFn):
-    def __init__(self, cfg, bootstrap: str, redis_url: str, chosen: list[str], progress_key: str,
-                 dry_run: bool, rescore: bool):
-        self.cfg, self.bootstrap, self.redis_url = cfg, bootstrap, redis_url
-        self.chosen, self.progress_key, self.dry_run, self.rescore = chosen, progress_key, dry_run, rescore
-
-    def setup(self):
-        from nearline import kafka_io
-        from nearline.backfill import BackfillStage, BatchProducer, RunProgress
+        from nearline.backfill import BackfillStage, BatchProducer, RangeReader, RunProgress
         from nearline.registry import Registry
         from nearline.scoring import ModelSet, RegistryWatcher
         from nearline.store import RedisEmbeddingStore
 
         cfg = self.cfg
         kafka_io.configure_security(cfg.kafka)  # this DoFn may run in another process
+        self.codec = self.codec or codec_for(cfg)
+        self.reader = RangeReader(self.bootstrap)
         models = ModelSet(RegistryWatcher(Registry(cfg.path(cfg.models.registry)), cfg.entity_types), cfg.job.ort_threads)
         store = RedisEmbeddingStore(self.redis_url, cfg.redis.key_prefix)
         self.producer = BatchProducer(self.bootstrap)
         self.stage = BackfillStage(cfg, store, self.producer, models, set(self.chosen), rescore=self.rescore,
-                                   dry_run=self.dry_run)
+                                   dry_run=self.dry_run, codec=self.codec)
         self.progress = RunProgress(store.r, self.progress_key)
 
     def teardown(self):
+        if getattr(self, "reader", None):
+            self.reader.close()
         if getattr(self, "producer", None):
             self.producer.close(timeout=10)
 
-    def process(self, element):
-        rows, share, scanned = element
-        counts = self.stage.run(rows)
-        counts.progress, counts.scanned = share, scanned
-        self.progress.add(counts)
+    def process(self, rng):
+        from nearline.backfill import run_range
+
+        run_range(self.reader, self.stage, self.progress, rng, self.batch_size, self.codec)
         return []
 
 
@@ -92,8 +68,8 @@ def build(p: beam.Pipeline, cfg, bootstrap: str, redis_url: str, ranges, chosen:
           dry_run: bool = False, rescore: bool = False, batch_size: int = 1024) -> None:
     (p
      | "SnapshotRanges" >> beam.Create(ranges)
-     | "ReadSnapshotRange" >> beam.ParDo(ReadSnapshotRange(bootstrap, batch_size, cfg.kafka, codec_for(cfg)))
-     | "BackfillBatch" >> beam.ParDo(BackfillBatch(cfg, bootstrap, redis_url, chosen, progress_key, dry_run, rescore)))
+     | "BackfillRange" >> beam.ParDo(BackfillRange(cfg, bootstrap, redis_url, chosen, progress_key, dry_run, rescore,
+                                                   batch_size, codec_for(cfg))))
 
 
 def pipeline_options(cfg, beam_args: list[str] | None = None) -> PipelineOptions:

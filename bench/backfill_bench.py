@@ -38,14 +38,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from nearline import kafka_io  # noqa: E402
-from nearline.backfill import RangeReader, batches_with_progress, decode_rows, plan_ranges  # noqa: E402
+from nearline.backfill import RangeReader, batches_with_progress, plan_ranges  # noqa: E402
 from nearline.codec import Codec  # noqa: E402
 from nearline.config import Config, ServicesConfig  # noqa: E402
-from nearline.features import build_inputs  # noqa: E402
 from nearline.registry import Registry  # noqa: E402
 from nearline.scoring import run_rows  # noqa: E402
 from nearline.services import LocalServices  # noqa: E402
-from nearline.snapshot import SCHEMA, VERSION_HEADER, ensure_snapshot_topic  # noqa: E402
+from nearline.snapshot import PARTIAL_HEADER, SCHEMA, VERSION_HEADER, ensure_snapshot_topic  # noqa: E402
 from nearline_bench import make_registry  # noqa: E402
 
 
@@ -83,7 +82,7 @@ def populate(cfg: Config, registry: Path, n: int, seed: int = 1, progress: bool 
             rec = {"entity_type": etype, "entity_id": eid, "version": 1000 + i, "partial": False, "missing": [],
                    "features": random_features(rng, man[etype]), "written_at": 0}
             chunk.append((cfg.topics.feature_snapshot, f"{etype}:{eid}".encode(), codec.encode(SCHEMA, rec),
-                          [(VERSION_HEADER, str(rec["version"]).encode())]))
+                          [(VERSION_HEADER, str(rec["version"]).encode()), (PARTIAL_HEADER, b"0")]))  # the job's headers
             if len(chunk) >= 20000:
                 prod.send_batch(chunk)
                 bar.update(len(chunk))
@@ -97,8 +96,11 @@ def populate(cfg: Config, registry: Path, n: int, seed: int = 1, progress: bool 
 
 
 def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_threads: int) -> dict:
-    """onnxruntime alone on the backfill's own batches (pre-built tensors), and with build_inputs."""
+    """onnxruntime alone on the backfill's own batches (pre-built tensors), and with the tensor build."""
     import onnxruntime as ort
+
+    from nearline.features import FeatureEncoder, build_feed
+    from nearline.snapshot_columns import decode_snapshots
 
     good, _ = Registry(registry).load()
     pk = {p.manifest.key: p for p in good if p.manifest.key in keys}
@@ -107,6 +109,7 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = ort_threads, 1, 3
         sessions[k] = ort.InferenceSession(str(p.onnx_path), so, providers=["CPUExecutionProvider"])
+    encoders = {k: {f.name: FeatureEncoder(f) for f in p.manifest.inputs} for k, p in pk.items()}
     c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
     reader = RangeReader(cfg.kafka.bootstrap)
     codec = Codec()
@@ -114,23 +117,23 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
     n_entities = 0
     t_build = 0.0
     for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
-        entries, _ = reader.scan(rng, codec)
-        ordered = sorted(entries.values(), key=lambda e: e.offset)
-        for chunk, _ in batches_with_progress(ordered, batch_size, rng.size):
-            rows = decode_rows(chunk, rng.partition, codec)
-            n_entities += len(rows)
+        chunk = reader.scan(rng, codec)
+        for batch, _ in batches_with_progress(chunk, batch_size, rng.size):
+            n_entities += len(batch)
             for etype in ("member", "job"):
-                feats = [r.features for r in rows if r.entity_type == etype]
-                if not feats:
+                idx = [i for i, k in enumerate(batch.keys) if k.startswith(etype + ":")]
+                if not idx:
                     continue
-                feeds = {}  # as ModelSet.score: versions with the same inputs share one build
+                cols = decode_snapshots([batch.values[i] for i in idx], codec).features
+                feeds = {}  # as ModelSet.score_columns: versions with the same inputs share one build
                 for k, p in pk.items():
                     if p.manifest.entity_type == etype:
                         t = time.perf_counter()
                         sig = repr(p.manifest.inputs)
-                        feed = feeds[sig] = feeds.get(sig) or build_inputs(p.manifest, feats)
+                        if sig not in feeds:
+                            feeds[sig] = build_feed(p.manifest, cols, encoders[k])[0]
                         t_build += time.perf_counter() - t
-                        batches.append((k, feed))
+                        batches.append((k, feeds[sig]))
     c.close()
     reader.close()
     t = time.perf_counter()
@@ -165,11 +168,13 @@ class StageTimer:
 
 
 def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int, split: bool = False) -> dict:
-    """The same stages (scan, BackfillStage) in a plain Python loop in this process: what Beam costs.
-    ``split``: also the wall time per stage (StageTimer)."""
+    """The same stages (nearline.backfill.run_range: scan, BackfillStage) in this process without Beam:
+    what the runner costs. ``split``: also the wall time per stage (StageTimer), with the commit of a
+    batch run inline (not overlapped with the next batch's scoring), so that the shares add up."""
     import nearline.backfill as backfill
     import nearline.scoring as scoring
-    from nearline.backfill import BackfillCounts, BackfillStage, BatchProducer
+    import nearline.snapshot_columns as snapshot_columns
+    from nearline.backfill import BackfillStage, BatchProducer, RunProgress, run_range
     from nearline.scoring import ModelSet, RegistryWatcher
     from nearline.store import RedisEmbeddingStore
 
@@ -180,30 +185,38 @@ def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int, sp
                                                      cfg.job.ort_threads), set(keys))
     c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
     reader = RangeReader(cfg.kafka.bootstrap)
-    codec, total = Codec(), BackfillCounts()
+    progress = RunProgress(store.r, f"{cfg.redis.key_prefix}:bench:{time.monotonic_ns()}")
+    codec = Codec()
     timer, saved = StageTimer(), []
-    scan, decode, run = reader.scan, decode_rows, stage.run
     if split:
-        scan, decode, run = timer.wrap("kafka_scan", scan), timer.wrap("avro_decode", decode), timer.wrap("other_python", run)
-        stage.codec.decode = timer.wrap("avro_decode", stage.codec.decode)
-        stage.codec.encode = timer.wrap("avro_encode", stage.codec.encode)
+        reader.scan = timer.wrap("kafka_scan", reader.scan)
+        stage.prepare = timer.wrap("other_python", stage.prepare)
+        stage.commit = timer.wrap("other_python", stage.commit)
+        stage.encoder.encode = timer.wrap("avro_encode", stage.encoder.encode)
         store.read_many = timer.wrap("redis_read", store.read_many)
         store.write_state_many = timer.wrap("redis_write", store.write_state_many)
         prod.send_batch = timer.wrap("kafka_produce", prod.send_batch)
-        for mod, name, label in ((scoring, "build_inputs", "build_inputs"), (scoring, "run_rows", "onnxruntime"),
-                                 (backfill, "decide", "dedupe")):
+        for mod, name, label in ((snapshot_columns, "decode_snapshots", "avro_decode"), (scoring, "build_feed", "build_inputs"),
+                                 (scoring, "run_rows", "onnxruntime"), (backfill, "decide", "dedupe")):
             saved.append((mod, name, getattr(mod, name)))
             setattr(mod, name, timer.wrap(label, getattr(mod, name)))
     t0 = time.monotonic()
     try:
         for rng in plan_ranges(c, cfg.topics.feature_snapshot, sorted(c.partitions_for_topic(cfg.topics.feature_snapshot))):
-            entries, _ = scan(rng, codec)
-            for chunk, _ in batches_with_progress(sorted(entries.values(), key=lambda e: e.offset), batch_size, rng.size):
-                total.add(run(decode(chunk, rng.partition, codec)))
+            if split:  # inline, so that nested timings subtract correctly
+                chunk = reader.scan(rng, codec)
+                for batch, share in batches_with_progress(chunk, batch_size, rng.size):
+                    counts = stage.run(batch)
+                    counts.progress, counts.scanned = share, chunk.scanned
+                    progress.add(counts)
+            else:
+                run_range(reader, stage, progress, rng, batch_size, codec)
     finally:
         for mod, name, fn in saved:
             setattr(mod, name, fn)
     dt = time.monotonic() - t0
+    total = progress.read()
+    store.r.delete(progress.key)
     c.close()
     reader.close()
     prod.close()

@@ -155,7 +155,6 @@ class Bench:
 
     def baseline(self, cfg: Config, n_updates: int) -> float:
         """The same stages, no Beam: one consumer over every input partition, one batch per poll."""
-        from nearline.config import JobConfig
         from nearline.pipeline import CommitStage, JoinStage, KafkaRecord, PublishStage, RecordBatch, ScoreStage
         from nearline.registry import Registry
         from nearline.scoring import ModelSet, RegistryWatcher

@@ -40,7 +40,6 @@ version; rescoring finds the difference (or dedupes it bitwise when the job did 
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -51,12 +50,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from nearline.codec import Codec, CodecError, codec_for
+from nearline.codec import Codec, codec_for
 from nearline.deadletter import encode_dead_letter
 from nearline.dedupe import decide
 from nearline.lifecycle import retry_until_done
 from nearline.embedding_messages import full_state_record, full_state_send
-from nearline.snapshot import SCHEMA, SnapshotEntry, latest_per_key
+from nearline.snapshot import (PARTIAL_HEADER, SCHEMA, VERSION_HEADER, SnapshotEntry, header_partial, header_version,
+                               latest_per_key)
 from nearline.store import PARTIAL_FIELD, VERSION_FIELD
 
 log = logging.getLogger(__name__)
@@ -79,22 +79,45 @@ class PartitionRange:
 
 
 @dataclass
-class SnapshotRow:
-    key: str
-    entity_type: str
-    entity_id: str
-    version: int
-    partial: bool
-    missing: list[str] | None     # None with features: not decoded yet (BackfillStage decodes what it scores)
-    features: dict[str, dict] | None
-    partition: int = -1
-    offset: int = -1
-    raw: bytes | None = None
-    error: str | None = None  # the record could not be decoded: dead-lettered, never scored
+class SnapshotChunk:
+    """The newest snapshot record of each entity of (part of) one partition range, column by column, in
+    offset order; nothing decoded yet. What the scan hands the stage: a list per attribute instead of an
+    object per record (the scan's per-record Python was as costly as the scoring)."""
 
-    @property
-    def deleted(self) -> bool:
-        return self.raw is None
+    partition: int
+    keys: list[str] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    values: list = field(default_factory=list)      # bytes, or None for a tombstone
+    partial: list = field(default_factory=list)     # the 'partial' header: True/False, None if absent
+    scanned: int = 0                                # records read to find these (the summary's 'scanned')
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, sl: slice) -> "SnapshotChunk":
+        """A slice of the entities (what batches_with_progress cuts); ``scanned`` stays with the whole."""
+        if not isinstance(sl, slice):
+            raise TypeError("a SnapshotChunk is sliced, not indexed")
+        return SnapshotChunk(self.partition, self.keys[sl], self.versions[sl], self.offsets[sl], self.values[sl],
+                             self.partial[sl])
+
+    def in_offset_order(self) -> "SnapshotChunk":
+        order = sorted(range(len(self.keys)), key=self.offsets.__getitem__)
+        return SnapshotChunk(self.partition, [self.keys[i] for i in order], [self.versions[i] for i in order],
+                             [self.offsets[i] for i in order], [self.values[i] for i in order],
+                             [self.partial[i] for i in order], self.scanned)
+
+    @classmethod
+    def from_entries(cls, entries, partition: int, scanned: int = 0) -> "SnapshotChunk":
+        """From SnapshotEntry objects (scan_range's, latest_per_key's), in offset order."""
+        es = sorted(entries, key=lambda e: e.offset)
+        return cls(partition, [e.key for e in es], [e.version for e in es], [e.offset for e in es],
+                   [e.value for e in es], [e.partial for e in es], scanned)
+
+    def as_entries(self) -> dict[str, SnapshotEntry]:
+        return {k: SnapshotEntry(k, v, o, val, p) for k, v, o, val, p in
+                zip(self.keys, self.versions, self.offsets, self.values, self.partial)}
 
 
 @dataclass
@@ -169,15 +192,6 @@ def keep_newest(entries: dict[str, "SnapshotEntry"], recs: list, codec: Codec | 
     return n
 
 
-class _Record:
-    """The attributes of a consumer record that snapshot.latest_per_key reads."""
-
-    __slots__ = ("key", "value", "headers", "offset")
-
-    def __init__(self, key, value, headers, offset):
-        self.key, self.value, self.headers, self.offset = key, value, headers, offset
-
-
 class RangeReader:
     """Reads partition ranges of the snapshot topic with librdkafka (confluent-kafka): the scan is the
     backfill's first stage, and kafka-python's per-record Python (record unpacking, a ConsumerRecord per
@@ -195,68 +209,76 @@ class RangeReader:
         conf.update(rdkafka_security(kafka_io._with_security({})))
         self._c = Consumer(conf, logger=log)
 
-    def scan(self, rng: PartitionRange, codec: Codec | None = None) -> tuple[dict[str, SnapshotEntry], int]:
-        """:func:`scan_range` with this reader: the newest entry per entity of [start, end), records read."""
+    def scan(self, rng: PartitionRange, codec: Codec | None = None) -> SnapshotChunk:
+        """The newest entry per entity of [start, end) (highest version; of equal versions the later
+        offset, as :func:`nearline.snapshot.latest_per_key`), in offset order, with the records read."""
         from confluent_kafka import KafkaError, TopicPartition
 
+        out = SnapshotChunk(rng.partition)
         if rng.size == 0:
-            return {}, 0
+            return out
+        keys, versions, offsets, values, partial = out.keys, out.versions, out.offsets, out.values, out.partial
+        where: dict[bytes, int] = {}  # key -> its position in the columns
         self._c.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
-        entries: dict[str, SnapshotEntry] = {}
-        scanned, pos = 0, rng.start
+        pos, end = rng.start, rng.end
         idle_deadline = time.monotonic() + 60
         try:
-            while pos < rng.end:
+            while pos < end:
                 # consume() waits until it has num_messages or the timeout: never ask for more than is left
-                msgs = self._c.consume(max(1, min(10_000, rng.end - pos)), timeout=0.2)
-                recs = []
-                for m in msgs:
-                    err = m.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
+                msgs = self._c.consume(max(1, min(10_000, end - pos)), timeout=0.2)
+                # attribute by attribute in comprehensions: a per-record loop with branches cost ~2x
+                if any(m.error() is not None for m in msgs):
+                    for m in msgs:
+                        err = m.error()
+                        if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                            raise BackfillError(f"reading snapshot {rng.topic}[{rng.partition}]: {err}")
+                        if err is not None:
                             pos = max(pos, m.offset())
-                            continue
-                        raise BackfillError(f"reading snapshot {rng.topic}[{rng.partition}]: {err}")
-                    off = m.offset()
-                    pos = off + 1
-                    if off < rng.end:
-                        recs.append(_Record(m.key(), m.value(), m.headers(), off))
-                if not recs:
-                    if pos >= rng.end:
+                    msgs = [m for m in msgs if m.error() is None]
+                offs = [m.offset() for m in msgs]
+                if offs:
+                    pos = max(pos, offs[-1] + 1)
+                    if offs[-1] >= end:
+                        msgs = [m for m, o in zip(msgs, offs) if o < end]
+                        offs = offs[:len(msgs)]
+                got = len(msgs)
+                hdrs = [m.headers() for m in msgs]
+                # the job writes [version, partial] in that order; anything else takes the general path
+                vers = [int(h[0][1]) if h and h[0][0] == VERSION_HEADER else None for h in hdrs]
+                parts = [h[1][1] == b"1" if h and len(h) > 1 and h[1][0] == PARTIAL_HEADER else None for h in hdrs]
+                for m, off, v, p, h in zip(msgs, offs, vers, parts, hdrs):
+                    key = m.key()
+                    if key is None:
+                        continue
+                    value = m.value()
+                    if v is None or p is None:
+                        v, p = header_version(h), header_partial(h)
+                        if v is None:
+                            if value is None:
+                                continue  # a tombstone without a version cannot be ordered; the job never writes one
+                            v = (codec or Codec()).decode(value, expect=SCHEMA)["version"]
+                    i = where.get(key)
+                    if i is None:
+                        where[key] = len(keys)
+                        keys.append(key.decode())
+                        versions.append(v), offsets.append(off), values.append(value), partial.append(p)
+                    elif v >= versions[i]:
+                        versions[i], offsets[i], values[i], partial[i] = v, off, value, p
+                out.scanned += got
+                if not got:
+                    if pos >= end:
                         break
                     if time.monotonic() > idle_deadline:
                         raise BackfillError(f"snapshot {rng.topic}[{rng.partition}] stopped at offset {pos} before "
-                                            f"{rng.end}: is the broker up?")
+                                            f"{end}: is the broker up?")
                     continue
                 idle_deadline = time.monotonic() + 60
-                scanned += keep_newest(entries, recs, codec)
         finally:
             self._c.unassign()
-        return entries, scanned
+        return out.in_offset_order()
 
     def close(self) -> None:
         self._c.close()
-
-
-def decode_rows(entries: list[SnapshotEntry], partition: int, codec: Codec) -> list[SnapshotRow]:
-    rows = []
-    for e in entries:
-        etype, _, eid = e.key.partition(":")
-        if e.value is None:
-            rows.append(SnapshotRow(e.key, etype, eid, e.version, False, [], {}, partition, e.offset, None))
-            continue
-        if e.partial is not None:  # decided on headers; decoded only if something is scored
-            rows.append(SnapshotRow(e.key, etype, eid, e.version, e.partial, None, None, partition, e.offset, e.value))
-            continue
-        try:
-            rec = codec.decode(e.value, expect=SCHEMA)
-        except CodecError as exc:
-            rows.append(SnapshotRow(e.key, etype, eid, e.version, False, [], {}, partition, e.offset, e.value,
-                                    error=f"snapshot record of {e.key} undecodable: {exc}"))
-            continue
-        rows.append(SnapshotRow(e.key, rec["entity_type"], rec["entity_id"], rec["version"], rec["partial"],
-                                rec["missing"], rec["features"], partition, e.offset, e.value))
-    return rows
 
 
 def batches_with_progress(rows: list, batch_size: int, span: int):
@@ -265,7 +287,7 @@ def batches_with_progress(rows: list, batch_size: int, span: int):
     n = len(rows)
     if n == 0:
         if span:
-            yield [], span
+            yield rows[0:0], span
         return
     done = 0
     for i in range(0, n, batch_size):
@@ -275,170 +297,225 @@ def batches_with_progress(rows: list, batch_size: int, span: int):
 
 
 # ---- scoring and writing -----------------------------------------------------------------------
-def score_with(models, keys: list[str], entity_type: str, rows: list[dict]):
-    """The job's ModelSet.score (nearline/scoring.py), restricted to ``keys``: same build_inputs, same
-    run_rows (a lone row is scored as a batch of two), same isolation of rows that do not fit."""
-    view = copy.copy(models)
-    view.models = {k: models.models[k] for k in keys}
-    return view.score(entity_type, rows)
+@dataclass
+class PreparedBatch:
+    """A batch scored and decided, not yet written (BackfillStage.prepare -> BackfillStage.commit)."""
+
+    chunk: SnapshotChunk
+    counts: BackfillCounts
+    types: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    upserts: list[tuple] = field(default_factory=list)   # (type, id, version, {model key: bytes}, partial)
+    written: list[int] = field(default_factory=list)     # the chunk row of each upsert
+    dead: list[tuple[int, str]] = field(default_factory=list)   # (chunk row, reason) to dead-letter
+    deletes: list[tuple[str, str, int]] = field(default_factory=list)
+    dry_run: bool = False
 
 
 class BackfillStage:
-    """One batch of snapshot rows -> Kafka + Redis, version-guarded. ``models`` is a loaded ModelSet;
-    ``chosen`` the model keys to backfill (every registered one for a rebuild)."""
+    """One batch of snapshot entries (a SnapshotChunk) -> Kafka + Redis, version-guarded. ``models`` is a
+    loaded ModelSet; ``chosen`` the model keys to backfill (every registered one for a rebuild).
+
+    Column-wise where it pays: the records that are scored are decoded together
+    (nearline/snapshot_columns.py), their tensors built by the job's own vectorised builder and scored
+    by the job's ModelSet.score_columns, one onnxruntime call per model and entity type; the per-entity
+    Python left is the version guard's decision and the message bytes."""
 
     def __init__(self, cfg, store, producer, models, chosen: set[str], *, rescore: bool = False,
                  dry_run: bool = False, codec: Codec | None = None, before_write=None):
+        from nearline.embedding_messages import state_encoder
+
         self.cfg, self.store, self.producer, self.models = cfg, store, producer, models
         self.chosen, self.rescore, self.dry_run = set(chosen), rescore, dry_run
         self.codec = codec or codec_for(cfg)
+        self.encoder = state_encoder(self.codec)
         self.before_write = before_write  # test hook: called between the Redis read and the writes
         self.by_type: dict[str, list[str]] = {}
         for k, m in sorted(models.models.items()):
             self.by_type.setdefault(m.package.manifest.entity_type, []).append(k)
+        self.chosen_by_type = {t: [k for k in ks if k in self.chosen] for t, ks in self.by_type.items()}
 
-    def _lacks_standardizer(self, key: str, row: SnapshotRow) -> str | None:
-        """A version that needs a standardizer no earlier version needed: the snapshot's join did not wait
-        for it, so its features may be absent; scoring with defaults would be wrong, not partial."""
+    def _lacking(self, key: str, cols, rows: list[int], keys: list[str], versions: list[int]) -> dict[int, str]:
+        """Rows (positions in ``cols``) whose snapshot cannot feed version ``key``: it needs a standardizer
+        no earlier version needed, so the snapshot's join did not wait for it and the feature may be
+        absent; scoring with defaults would be wrong, not partial. -> {position: reason}."""
         man = self.models.models[key].package.manifest
+        out: dict[int, str] = {}
         for f in man.inputs:
-            if f.name not in row.features and f.standardizer not in row.missing:
-                return f"snapshot of {row.key} version {row.version} has no {f.name!r} (standardizer {f.standardizer}); " \
-                       f"its next update scores {key}"
-        return None
+            for pos in np.flatnonzero(~cols.features.column(f.name).present[rows]):
+                j = rows[pos]
+                if j not in out and f.standardizer not in cols.missing[j]:
+                    out[j] = (f"snapshot of {keys[j]} version {versions[j]} has no {f.name!r} (standardizer "
+                              f"{f.standardizer}); its next update scores {key}")
+        return out
 
-    def _decode(self, r: SnapshotRow) -> bool:
-        try:
-            rec = self.codec.decode(r.raw, expect=SCHEMA)
-        except CodecError as exc:
-            r.error = f"snapshot record of {r.key} undecodable: {exc}"
-            return False
-        r.features, r.missing = rec["features"], rec["missing"]
-        return True
+    def run(self, chunk: SnapshotChunk) -> BackfillCounts:
+        """Read, score, write and publish one batch."""
+        return self.commit(self.prepare(chunk))
 
-    def run(self, rows: list[SnapshotRow]) -> BackfillCounts:
-        c = BackfillCounts(entities=len(rows))
-        dead = [(r, r.error) for r in rows if r.error]
-        c.failed += len(dead)
-        rows = [r for r in rows if not r.error and (r.entity_type in self.by_type or r.deleted)]
-        if not rows and not dead:
-            return c
-        reads = self._read(rows)
-        groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+    def prepare(self, chunk: SnapshotChunk) -> "PreparedBatch":
+        """The batch's Redis read, decisions and scoring, up to the writes (:meth:`commit`). Split so that
+        a caller can score the next batch while this one is written (entities of different batches of
+        one pass are distinct: the newest entry per entity, one partition per entity)."""
+        from nearline.snapshot_columns import decode_snapshots
+
+        n = len(chunk)
+        c = BackfillCounts(entities=n)
+        keys, versions, values = chunk.keys, chunk.versions, chunk.values
+        types, ids = [], []
+        for k in keys:
+            t, _, i = k.partition(":")
+            types.append(t)
+            ids.append(i)
+        live = [j for j in range(n) if values[j] is None or types[j] in self.by_type]
+        dead: list[tuple[int, str]] = []
+        partial = list(chunk.partial)
+        undecided = [j for j in live if values[j] is not None and partial[j] is None]
+        if undecided:  # no 'partial' header (not written by this job): decode to decide
+            pre = decode_snapshots([values[j] for j in undecided], self.codec)
+            for pos, j in enumerate(undecided):
+                partial[j] = bool(pre.partial[pos]) if pos not in pre.errors else False
+        if not live:
+            return PreparedBatch(chunk, c, dry_run=self.dry_run)
+        reads = self._read(live, types, ids)
+        need_by_row: dict[int, list[str]] = {}
         deletes = []
-        for i, (r, (sv, sp, sf)) in enumerate(zip(rows, reads)):
-            if r.deleted:
-                if sv is None or sv < r.version:
-                    deletes.append((r.entity_type, r.entity_id, r.version))
+        for j, (sv, sp, sf) in zip(live, reads):
+            if values[j] is None:
+                if sv is None or sv < versions[j]:
+                    deletes.append((types[j], ids[j], versions[j]))
                 continue
-            registered = self.by_type[r.entity_type]
-            chosen = [k for k in registered if k in self.chosen]
+            chosen = self.chosen_by_type[types[j]]
             if not chosen:
                 continue
-            if sv is not None and (sv > r.version or (sv == r.version and r.partial and not sp)):
+            v, p = versions[j], partial[j]
+            if sv is not None and (sv > v or (sv == v and p and not sp)):
                 c.skipped_newer += len(chosen)
                 continue
             if sv is None:
                 need = chosen  # no hash (a wiped Redis): --models writes only what was asked, --all rebuilds all
-            elif sp and not r.partial:
-                need = registered  # a complete snapshot over a partial hash: the write clears _partial for all
-            elif sv < r.version:
+            elif sp and not p:
+                need = self.by_type[types[j]]  # a complete snapshot over a partial hash: the write clears _partial for all
+            elif sv < v:
                 # the job deduped this version entirely (an irrelevant update leaves _v behind) or its Redis
-                # write is in flight: the other versions are valid at r.version; score the chosen ones
+                # write is in flight: the other versions are valid at this version; score the chosen ones
                 need = chosen
             else:
                 need = [k for k in chosen if self.rescore or sf.get(k) is None]
                 c.deduped += len(chosen) - len(need)
-            if need and r.features is None and not self._decode(r):
-                dead.append((r, r.error))
-                c.failed += len(need)
+            if need:
+                need_by_row[j] = need
+        scored = list(need_by_row)
+        cols = decode_snapshots([values[j] for j in scored], self.codec) if scored else None
+        pos_of = {j: pos for pos, j in enumerate(scored)}
+        groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}  # (type, versions) -> positions in cols
+        for j in scored:
+            pos = pos_of[j]
+            if pos in cols.errors:
+                dead.append((j, f"snapshot record of {keys[j]} undecodable: {cols.errors[pos]}"))
+                c.failed += len(need_by_row[j])
                 continue
-            ok = []
-            for k in need:
-                why = self._lacks_standardizer(k, r)
-                if why:
+            groups.setdefault((types[j], tuple(need_by_row[j])), []).append(pos)
+        scoring: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        for (etype, ks), poss in groups.items():
+            lacking: dict[int, list[str]] = {}
+            for k in ks:
+                for pos, why in self._lacking(k, cols, poss, [keys[j] for j in scored], [versions[j] for j in scored]).items():
+                    lacking.setdefault(pos, []).append(k)
+                    dead.append((scored[pos], f"{k}: {why}"))
                     c.failed += 1
-                    dead.append((r, f"{k}: {why}"))
-                else:
-                    ok.append(k)
-            if ok:
-                groups.setdefault((r.entity_type, tuple(ok)), []).append(i)
-        if self.dry_run:
-            c.would_score = sum(len(ks) * len(idx) for (_, ks), idx in groups.items())
-            c.tombstones = len(deletes)
-            return c
-        emb: dict[int, dict[str, bytes]] = {}
-        for (etype, keys), idx in groups.items():
-            scores, bad = score_with(self.models, list(keys), etype, [rows[i].features for i in idx])
-            for local, err in bad.items():
-                c.failed += len(keys)
-                dead.append((rows[idx[local]], err))
-            # one tobytes per model and batch, sliced per entity (the same bytes as per-row tobytes)
-            flat = {k: (np.ascontiguousarray(scores[k], dtype="<f4").tobytes(), scores[k].shape[1] * 4) for k in keys}
-            for local, i in enumerate(idx):
-                if local in bad:
-                    continue
-                emb[i] = {k: b[local * w:(local + 1) * w] for k, (b, w) in flat.items()}
-        tol = self.cfg.dedupe.tolerance
-        upserts, changed_keys, counted = [], [], []
-        for i, vecs in emb.items():
-            r, (sv, sp, sf) = rows[i], reads[i]
-            d = decide(sv, sf, r.version, vecs, tol, partial=r.partial, stored_partial=sp)  # the job's rule
-            if d.stale:
-                c.skipped_newer += len(vecs)
+            if not lacking:
+                scoring[(etype, ks)] = poss
                 continue
-            c.deduped += d.unchanged
-            if not d.changed:
-                continue  # nothing changed: no write, no message
-            upserts.append((r.entity_type, r.entity_id, r.version, d.changed, r.partial))
-            changed_keys.append((r, d.changed))
-            counted.append(len(d.changed))
+            for pos in poss:
+                ok = tuple(k for k in ks if k not in lacking.get(pos, ()))
+                if ok:
+                    scoring.setdefault((etype, ok), []).append(pos)
+        if self.dry_run:
+            c.would_score = sum(len(ks) * len(poss) for (_, ks), poss in scoring.items())
+            c.tombstones = len(deletes)
+            return PreparedBatch(chunk, c, dry_run=True)
+        emb: dict[int, dict[str, bytes]] = {}  # row -> model key -> float32 bytes
+        for (etype, ks), poss in scoring.items():
+            scores, bad = self.models.score_columns(etype, cols.take(poss).features, list(ks))
+            for local, err in bad.items():
+                c.failed += len(ks)
+                dead.append((scored[poss[local]], err))
+            # one tobytes per model and batch, sliced per entity (the same bytes as per-row tobytes)
+            flat = [(k, np.ascontiguousarray(scores[k], dtype="<f4").tobytes(), scores[k].shape[1] * 4) for k in ks]
+            for local, pos in enumerate(poss):
+                if local not in bad:
+                    emb[scored[pos]] = {k: b[local * w:(local + 1) * w] for k, b, w in flat}
+        tol = self.cfg.dedupe.tolerance
+        read_of = dict(zip(live, reads))
+        upserts, written = [], []
+        for j, vecs in emb.items():
+            sv, sp, sf = read_of[j]
+            if sv is None:
+                changed = vecs  # nothing stored: every vector is new (what decide() answers, without its loop)
+            else:
+                d = decide(sv, sf, versions[j], vecs, tol, partial=partial[j], stored_partial=sp)  # the job's rule
+                if d.stale:
+                    c.skipped_newer += len(vecs)
+                    continue
+                c.deduped += d.unchanged
+                changed = d.changed
+                if not changed:
+                    continue  # nothing changed: no write, no message
+            upserts.append((types[j], ids[j], versions[j], changed, partial[j]))
+            written.append(j)
+        return PreparedBatch(chunk, c, types, ids, upserts, written, dead, deletes)
+
+    def commit(self, b: "PreparedBatch") -> BackfillCounts:
+        """Write a prepared batch: Redis (version-guarded, into the outbox), then its full states and dead
+        letters to Kafka (acknowledged), then out of the outbox; tombstones last. Returns its counts."""
+        c = b.counts
+        if b.dry_run:
+            return c
+        chunk, types, ids, upserts, written, dead = b.chunk, b.types, b.ids, b.upserts, b.written, b.dead
+        keys, versions, values = chunk.keys, chunk.versions, chunk.values
         if self.before_write is not None:
-            self.before_write(rows, upserts)
+            self.before_write(chunk, upserts)
         # 1. Redis, the job's version guard, many entities per call; each applied write returns the
         #    entity's whole hash, and its key joins the outbox in the same call (see publish_outbox)
         states = self.store.write_state_many(upserts, outbox_key(self.cfg.redis.key_prefix)) if upserts else []
         sends, published = [], []
         now_ms = int(time.time() * 1000)
-        for (r, changed), n, state in zip(changed_keys, counted, states):
+        topic = self.cfg.topics.embeddings
+        for j, up, state in zip(written, upserts, states):
             if state is None:
-                c.skipped_newer += n  # the job wrote a newer version between our read and our write
+                c.skipped_newer += len(up[3])  # the job wrote a newer version between our read and our write
                 continue
-            c.written += n
+            c.written += len(up[3])
             c.entities_written += 1
-            sends.append(self._full_state(r.entity_type, r.entity_id, state, changed, now_ms))
-            published.append(self.store.key(r.entity_type, r.entity_id))
-        for r, err in dead:
-            sends.append((self.cfg.topics.dead_letter, r.key.encode(), encode_dead_letter(
-                self.codec, original=r.raw or b"", key=r.key.encode(), topic=self.cfg.topics.feature_snapshot,
-                partition=r.partition, offset=r.offset, stage="nearline.backfill", error=err)))
+            reg = self.by_type[types[j]]
+            value = self.encoder.encode(types[j], ids[j], versions[j], {k: state[k] for k in reg if k in state}, up[3],
+                                        now_ms, PARTIAL_FIELD in state)
+            sends.append((topic, keys[j].encode(), value, [(VERSION_HEADER, str(versions[j]).encode())]))
+            published.append(self.store.key(types[j], ids[j]))
+        for j, err in dead:
+            sends.append((self.cfg.topics.dead_letter, keys[j].encode(), encode_dead_letter(
+                self.codec, original=values[j] or b"", key=keys[j].encode(), topic=self.cfg.topics.feature_snapshot,
+                partition=chunk.partition, offset=chunk.offsets[j], stage="nearline.backfill", error=err)))
             log.warning("backfill dead letter: %s", err)
         self._send_all(sends)                               # 2. Kafka: full state, acknowledged
         if published:                                       # 3. published: out of the outbox
             self.store._retrying("outbox", lambda: self.store.r.srem(outbox_key(self.cfg.redis.key_prefix), *published))
-        if deletes:
-            c.tombstones += sum(self.store.write([], deletes))
+        if b.deletes:
+            c.tombstones += sum(self.store.write([], b.deletes))
         return c
 
-    def _read(self, rows: list[SnapshotRow]) -> list[tuple]:
+    def _read(self, rows: list[int], types: list[str], ids: list[str]) -> list[tuple]:
         """The stored (version, partial, fields) of each row's entity: one script call per entity type."""
         out: list = [None] * len(rows)
         by_type: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            by_type.setdefault(r.entity_type, []).append(i)
-        for etype, idx in by_type.items():
-            res = self.store.read_many([(etype, rows[i].entity_id) for i in idx], self.by_type.get(etype, []))
-            for i, x in zip(idx, res):
-                out[i] = x
+        for pos, j in enumerate(rows):
+            by_type.setdefault(types[j], []).append(pos)
+        for etype, poss in by_type.items():
+            res = self.store.read_many([(etype, ids[rows[p]]) for p in poss], self.by_type.get(etype, []))
+            for p, x in zip(poss, res):
+                out[p] = x
         return out
-
-    def _full_state(self, entity_type: str, entity_id: str, state: dict[str, bytes], changed, now_ms: int) -> tuple:
-        """The embedding topic's full-state message (nearline/embedding_messages.py) of a hash just written:
-        every registered version the entity holds, like the job's messages."""
-        keys = self.by_type.get(entity_type, [])
-        rec = full_state_record(entity_type, entity_id, int(state[VERSION_FIELD]), {k: state[k] for k in keys if k in state},
-                                changed, now_ms, PARTIAL_FIELD in state)
-        return full_state_send(self.cfg.topics.embeddings, f"{entity_type}:{entity_id}", rec, self.codec)
 
     def _send_all(self, sends) -> None:
         if not sends:
@@ -454,6 +531,35 @@ class BackfillStage:
                 f.get(timeout=30)
 
         retry_until_done(f"publishing {len(sends)} backfill records", send, log)
+
+
+def run_range(reader: "RangeReader", stage: BackfillStage, progress: "RunProgress", rng: PartitionRange,
+              batch_size: int, codec: Codec | None = None) -> None:
+    """One partition range: scan it, then batch by batch prepare (Redis read, score) while the batch before
+    is committed (Redis write, Kafka send) on a second thread, at most one batch ahead: onnxruntime,
+    Redis and the broker's acknowledgements wait without the GIL, so scoring the next batch overlaps the
+    writes of this one. Counters go to ``progress`` as each batch is committed. A commit's error is
+    raised here, after the commit in flight finished; nothing later is committed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chunk = reader.scan(rng, codec)
+    scanned = chunk.scanned
+
+    def commit(prepared: PreparedBatch, share: int, scanned: int) -> None:
+        counts = stage.commit(prepared)
+        counts.progress, counts.scanned = share, scanned
+        progress.add(counts)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="backfill-commit") as pool:
+        in_flight = None
+        for batch, share in batches_with_progress(chunk, batch_size, rng.size):
+            prepared = stage.prepare(batch)
+            if in_flight is not None:
+                in_flight.result()
+            in_flight = pool.submit(commit, prepared, share, scanned)
+            scanned = 0
+        if in_flight is not None:
+            in_flight.result()
 
 
 # ---- the backfill's producer ---------------------------------------------------------------------

@@ -9,7 +9,6 @@ retrying forever; nothing of that batch is committed, so its input is simply re-
 from __future__ import annotations
 
 import threading
-import time
 
 STOP = threading.Event()
 

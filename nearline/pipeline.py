@@ -30,7 +30,7 @@ from nearline.delivery import send_acknowledged
 from nearline.embedding_messages import full_state_record, full_state_send
 from nearline.embedding_messages import tombstone_send as embedding_tombstone_send
 from nearline.lifecycle import retry_until_done
-from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, Released, ReplayTimeout, StandardizationJoin
+from nearline.join import Deleted, Joined, JoinDeadLetter, RawRef, ReplayTimeout, StandardizationJoin
 from nearline.metrics import METRICS, Metrics
 from nearline.offsets import OffsetTracker
 from nearline.store import DataLossDetector

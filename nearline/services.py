@@ -116,7 +116,7 @@ class KafkaBroker:
     def _secure_props(self) -> dict[str, str]:
         """SASL_PLAINTEXT and SASL_SSL listeners, each with PLAIN and SCRAM-SHA-256 (inter-broker and
         controller traffic stays PLAINTEXT on loopback)."""
-        listeners, adv, proto = [], [], []
+        listeners, proto = [], []
         props: dict[str, str] = {"sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256"}
         plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
                  f'username="{self.SASL_USER}" password="{self.SASL_PASSWORD}" '

@@ -74,13 +74,17 @@ return 1
 # The backfill's batch forms: many entities per call (one EVALSHA per batch instead of one per entity;
 # the per-command cost of a pipeline was most of the backfill's Redis time). Single-node Redis only
 # (the keys of one call may hash to different cluster slots), as is RedisEmbeddingStore.
-# READ_MANY  ARGV: nfields, field..., then KEYS are the entities; per entity the HMGET of _v, _partial, fields.
+# READ_MANY  ARGV: nfields, field..., then KEYS are the entities; per entity the HMGET of _v, _partial,
+# fields, or 0 when the entity has no _v (no hash: a rebuild's every entity, one small reply each).
 _READ_MANY = """
 local n = tonumber(ARGV[1])
 local fields = {'_v', '_partial'}
 for j = 1, n do fields[#fields + 1] = ARGV[1 + j] end
 local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HMGET', KEYS[i], unpack(fields)) end
+for i = 1, #KEYS do
+  local r = redis.call('HMGET', KEYS[i], unpack(fields))
+  if r[1] then out[i] = r else out[i] = 0 end
+end
 return out
 """
 
@@ -203,7 +207,7 @@ class RedisEmbeddingStore:
             return []
         keys = [self.key(t, i) for t, i in entities]
         rows = self._retrying("read", lambda: self._read_many(keys=keys, args=[len(fields), *fields]))
-        return [(int(res[0]) if res[0] is not None else None, res[1] is not None, dict(zip(fields, res[2:])))
+        return [(None, False, dict.fromkeys(fields)) if res == 0 else (int(res[0]), res[1] is not None, dict(zip(fields, res[2:])))
                 for res in rows]
 
     def write_state_many(self, upserts: list[tuple], outbox: str | None = None) -> list[dict[str, bytes] | None]:
@@ -212,24 +216,28 @@ class RedisEmbeddingStore:
         fields too). ``outbox``: a set the written entities' keys are added to in the same call."""
         if not upserts:
             return []
-        keys, args = [outbox or ""], []
+        keys, args, metas = [outbox or ""], [], []
+        prefix = self.prefix
         for up in upserts:
             t, i, version, fields = up[:4]
             check_version(version)
-            keys.append(self.key(t, i))
-            args += (str(int(version)), "1" if len(up) > 4 and up[4] else "0", len(fields))
+            keys.append(f"{prefix}:{t}:{i}")
+            v = str(int(version))
+            partial = len(up) > 4 and bool(up[4])
+            metas.append((v.encode(), partial))
+            args += (v, "1" if partial else "0", len(fields))
             for kv in fields.items():
                 args += kv
         res = self._retrying("write", lambda: self._write_state_many(keys=keys, args=args))
         out: list[dict[str, bytes] | None] = []
-        for up, x in zip(upserts, res):
+        for up, x, (v, partial) in zip(upserts, res, metas):
             if x == 0:
                 out.append(None)
                 continue
-            state = {x[j].decode(): x[j + 1] for j in range(0, len(x), 2)} if x else {}
-            state.update((k, v if isinstance(v, bytes) else str(v).encode()) for k, v in up[3].items())
-            state[VERSION_FIELD] = str(int(up[2])).encode()
-            if len(up) > 4 and up[4]:
+            # the fields just written (bytes, as the job's and the backfill's vectors are) + the rest
+            state = {**{x[j].decode(): x[j + 1] for j in range(0, len(x), 2)}, **up[3]} if x else dict(up[3])
+            state[VERSION_FIELD] = v
+            if partial:
                 state[PARTIAL_FIELD] = b"1"
             out.append(state)
         return out

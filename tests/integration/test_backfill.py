@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from nearline import kafka_io
-from nearline.backfill import (BackfillStage, done_key, outbox_key, plan_ranges, decode_rows, requests_key, run_backfill,
+from nearline.backfill import (BackfillStage, SnapshotChunk, done_key, outbox_key, plan_ranges, requests_key, run_backfill,
                                scan_range)
 from nearline.codec import Codec
 from nearline.features import build_inputs
@@ -260,31 +260,32 @@ def test_backfill_never_regresses_an_entity_the_job_updates_meanwhile(world):
     new = register(w, "member_tiny", "v2", "member", seed=9)
     w.models.refresh(force=True)  # the job now scores the new version too
     c = kafka_io.make_consumer(w.cfg.kafka.bootstrap, None)
-    rows = []
+    entries = []
     for rng in plan_ranges(c, w.cfg.topics.feature_snapshot, [0, 1, 2, 3]):
-        entries, _ = scan_range(c, rng)
-        rows += decode_rows(sorted(entries.values(), key=lambda e: e.offset), rng.partition, Codec())
+        found, _ = scan_range(c, rng)
+        entries += [e for e in found.values() if e.key.startswith("member:") and not e.deleted]
     c.close()
-    rows = [r for r in rows if r.entity_type == "member" and not r.deleted]
-    raced = [r.entity_id for r in rows[:5]]
+    chunk = SnapshotChunk.from_entries(entries, 0)
+    raced = [k.partition(":")[2] for k in chunk.keys[:5]]
     rng = np.random.default_rng(5)
 
-    def job_writes_newer(_rows, upserts):
+    def job_writes_newer(_chunk, upserts):
         assert any(u[1] in raced for u in upserts)
         w.push([("member", eid, 1000, random_features(rng, False), False) for eid in raced])
 
     stage = BackfillStage(w.cfg, w.store, w.producer, ModelSet(RegistryWatcher(Registry(w.registry), w.cfg.entity_types, 0)),
                           {new}, before_write=job_writes_newer)
-    counts = stage.run(rows)
+    counts = stage.run(chunk)
     assert counts.skipped_newer == len(raced)
-    assert counts.written == len(rows) - len(raced)
+    assert counts.written == len(chunk) - len(raced)
     expected = w.expected(new)
-    for r in rows:
-        h = w.store.get("member", r.entity_id)
-        want_v = 1000 if r.entity_id in raced else r.version
-        assert int(h["_v"]) == want_v, r.entity_id
-        assert np.array_equal(np.frombuffer(h[new], "<f4"), expected[r.key]), r.entity_id  # the job's v1000 for raced
-        assert np.array_equal(np.frombuffer(h["member_tiny@v1"], "<f4"), w.expected("member_tiny@v1")[r.key])
+    for key, version in zip(chunk.keys, chunk.versions):
+        eid = key.partition(":")[2]
+        h = w.store.get("member", eid)
+        want_v = 1000 if eid in raced else version
+        assert int(h["_v"]) == want_v, eid
+        assert np.array_equal(np.frombuffer(h[new], "<f4"), expected[key]), eid  # the job's v1000 for raced
+        assert np.array_equal(np.frombuffer(h["member_tiny@v1"], "<f4"), w.expected("member_tiny@v1")[key])
 
 
 def test_killed_backfill_reruns_to_completion(world, tmp_path):

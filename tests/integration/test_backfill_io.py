@@ -125,10 +125,11 @@ def test_range_reader_finds_the_newest_entries_scan_range_finds(kafka_bootstrap,
         sub = [type(r)(r.topic, r.partition, r.start + 100, r.end - 50) for r in full]  # inside a range too
         for rng in full + sub:
             want, n_want = scan_range(c, rng)
-            got, n_got = reader.scan(rng)
-            assert n_got == n_want == rng.size
-            assert got == want, rng
-        assert sum(len(reader.scan(r)[0]) for r in full) == 500
+            got = reader.scan(rng)
+            assert got.scanned == n_want == rng.size
+            assert got.as_entries() == want, rng
+            assert got.offsets == sorted(got.offsets)
+        assert sum(len(reader.scan(r)) for r in full) == 500
     finally:
         reader.close()
         c.close(autocommit=False)

@@ -5,7 +5,7 @@ from collections import namedtuple
 
 import pytest
 
-from nearline.backfill import BackfillCounts, BackfillError, batches_with_progress, decode_rows, resolve_models
+from nearline.backfill import BackfillCounts, BackfillError, SnapshotChunk, batches_with_progress, resolve_models
 from nearline.codec import Codec
 from nearline.config import Config, load_config
 from nearline.join import Joined
@@ -46,14 +46,13 @@ def test_newest_version_per_key_wins_tombstones_included():
     assert (out["member:a"].version, out["member:a"].offset) == (3, 2)
     assert out["member:b"].deleted and out["member:b"].version == 5
     assert out["member:c"].version == 1
-    rows = decode_rows(sorted(out.values(), key=lambda e: e.offset), 0, codec)
-    assert [(r.key, r.version, r.deleted) for r in rows] == [("member:a", 3, False), ("member:b", 5, True),
-                                                             ("member:c", 1, False)]
-    assert rows[0].features == FEATS
-    lazy = decode_rows(latest_per_key([Rec(b"member:d", v[1], snapshot_send("s", joined("d", 1, FEATS), codec)[3], 7)])[0].values(), 1, codec)
-    assert lazy[0].features is None and lazy[0].partial is False and lazy[0].raw == v[1]  # decoded only if scored
-    bad = decode_rows(latest_per_key([Rec(b"member:z", b"\x00junk", [("version", b"4")], 9)])[0].values(), 2, codec)
-    assert bad[0].error and "member:z undecodable" in bad[0].error and (bad[0].partition, bad[0].offset) == (2, 9)
+    chunk = SnapshotChunk.from_entries(out.values(), 0, n)
+    assert list(zip(chunk.keys, chunk.versions, chunk.offsets)) == [("member:a", 3, 2), ("member:b", 5, 4), ("member:c", 1, 5)]
+    assert chunk.values[1] is None and chunk.values[0] == v[3] and chunk.as_entries() == out
+    sliced = chunk[1:]
+    assert sliced.keys == ["member:b", "member:c"] and sliced.scanned == 0 and len(chunk[0:0]) == 0
+    with_header = latest_per_key([Rec(b"member:d", v[1], snapshot_send("s", joined("d", 1, FEATS), codec)[3], 7)])[0]
+    assert SnapshotChunk.from_entries(with_header.values(), 1).partial == [False]  # decided without decoding
 
 
 @pytest.mark.parametrize("n,size,span", [(10, 3, 25), (0, 4, 7), (5, 10, 5), (1000, 64, 1000)])
