@@ -12,7 +12,10 @@
    chunks of --batch-size, split by entity type, as the backfill's stage makes them): onnxruntime alone
    (session.run on pre-built tensors, same thread count), and onnxruntime + build_inputs.
    Ratio = backfill entities/s / ceiling entities/s (target >= 0.5). Also the same stages (scan +
-   BackfillStage) in a plain Python loop without Beam: what the runner costs.
+   BackfillStage) in a plain Python loop without Beam: what the runner costs. And the I/O floor: the
+   snapshot scan, the Redis writes and the Kafka sends of the same entities with no work between
+   (io_floor), and the CPU the backfill, Redis and the broker each spent per entity during the run: on
+   one machine the servers share the backfill's cores, which onnxruntime alone does not pay for.
 4. --scale N: an N-entity snapshot (streamed in chunks: wall time, and this process's peak RSS), then
    `nearline backfill --all` (3 versions per type) on it with its progress bar: wall time, peak RSS.
 
@@ -144,6 +147,61 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
             "ort_entities_per_s": n_entities / t_ort, "ort_build_entities_per_s": n_entities / (t_ort + t_build)}
 
 
+def io_floor(cfg: Config, registry: Path, keys: list[str], batch_size: int) -> dict:
+    """What moving the backfill's bytes costs on this machine, with no work between: the snapshot scan
+    (RangeReader.scan), then for the same entities and batches the Redis writes (write_state_many of
+    vectors of the towers' widths, into a wiped Redis, as a rebuild) and the Kafka sends of full-state
+    messages of those sizes (BatchProducer). Every backfill does at least this, so backfill/ORT-alone
+    cannot exceed io_floor/ORT-alone here, whatever the Python costs."""
+    from nearline.backfill import BatchProducer
+    from nearline.embedding_messages import state_encoder
+    from nearline.store import RedisEmbeddingStore
+
+    good, _ = Registry(registry).load()
+    dims = {p.manifest.key: p.manifest.output_dim for p in good if p.manifest.key in keys}
+    by_type: dict[str, list[str]] = {}
+    for p in sorted(good, key=lambda p: p.manifest.key):
+        if p.manifest.key in dims:
+            by_type.setdefault(p.manifest.entity_type, []).append(p.manifest.key)
+    c = kafka_io.make_consumer(cfg.kafka.bootstrap, None)
+    reader = RangeReader(cfg.kafka.bootstrap)
+    t = time.perf_counter()
+    chunks = [reader.scan(rng) for rng in plan_ranges(c, cfg.topics.feature_snapshot,
+                                                      sorted(c.partitions_for_topic(cfg.topics.feature_snapshot)))]
+    t_scan = time.perf_counter() - t
+    c.close()
+    reader.close()
+    rng = np.random.default_rng(3)
+    codec = Codec()
+    enc = state_encoder(codec)
+    writes, sends = [], []  # per batch, built before the clock starts
+    for chunk in chunks:
+        for batch, _ in batches_with_progress(chunk, batch_size, 0):
+            ups, msgs = [], []
+            for key, v in zip(batch.keys, batch.versions):
+                etype, _, eid = key.partition(":")
+                vecs = {k: rng.random(dims[k], dtype=np.float32).tobytes() for k in by_type.get(etype, [])}
+                ups.append((etype, eid, v, vecs, False))
+                msgs.append((cfg.topics.embeddings, key.encode(), enc.encode(etype, eid, v, vecs, vecs, 0), [("version", str(v).encode())]))
+            writes.append(ups)
+            sends.append(msgs)
+    store = RedisEmbeddingStore(cfg.redis.url, cfg.redis.key_prefix)
+    t = time.perf_counter()
+    for ups in writes:
+        store.write_state_many(ups, f"{cfg.redis.key_prefix}:bench:outbox")
+    t_redis = time.perf_counter() - t
+    prod = BatchProducer(cfg.kafka.bootstrap)
+    t = time.perf_counter()
+    for msgs in sends:
+        prod.send_batch(msgs)
+    t_kafka = time.perf_counter() - t
+    prod.close()
+    n = sum(len(ch) for ch in chunks)
+    total = t_scan + t_redis + t_kafka
+    return {"entities": n, "scan_s": t_scan, "redis_write_s": t_redis, "kafka_send_s": t_kafka, "total_s": total,
+            "entities_per_s": n / total}
+
+
 class StageTimer:
     """Wall time per stage of the plain loop: each named function is wrapped (in this bench process only)
     with a perf_counter; nested stages are subtracted from their parents, so the shares add up."""
@@ -227,8 +285,23 @@ def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int, sp
     return out
 
 
+def cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds a process has used (Linux /proc), 0 if unknown."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def run_cli(conf: Path, models: list[str] | None, batch_size: int, log: Path, beam_args: list[str],
-            progress: bool = False) -> dict:
+            progress: bool = False, servers: dict[str, int] | None = None) -> dict:
+    """One `nearline backfill` process. ``servers`` (name -> pid): their CPU during the run is reported
+    per entity beside the backfill's own, since on one machine they share its cores."""
+    servers = servers or {}
+    cpu0 = {n: cpu_s(p) for n, p in servers.items()}
     args = ["--all"] if models is None else ["--models", *models]
     cmd = [sys.executable, "-m", "nearline.cli", "--config", str(conf), "backfill", *args, "--batch-size", str(batch_size),
            *([] if progress else ["--no-progress"]), "--json", *(["--", *beam_args] if beam_args else [])]
@@ -241,8 +314,11 @@ def run_cli(conf: Path, models: list[str] | None, batch_size: int, log: Path, be
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"backfill failed:\n{text[-3000:]}")
     summary = json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
+    n = max(1, summary["entities"])
+    cpu = {"backfill": ru.ru_utime + ru.ru_stime, **{name: cpu_s(pid) - cpu0[name] for name, pid in servers.items()}}
     return {**summary, "wall_s": wall, "peak_rss_mb": ru.ru_maxrss / 1024,
-            "entities_per_s": summary["entities"] / summary["seconds"]}
+            "entities_per_s": summary["entities"] / summary["seconds"],
+            "cpu_us_per_entity": {name: 1e6 * v / n for name, v in cpu.items()}}
 
 
 def wipe(redis_url: str, prefix: str) -> None:
@@ -274,6 +350,7 @@ def main():
     try:
         st = svc.up()
         cfg.kafka.bootstrap, cfg.redis.url = st.kafka_bootstrap, st.redis_url
+        servers = {"redis": st.redis_pid, "kafka": st.kafka_pid}
         registry = make_registry(tmp)
         conf = tmp / "nearline.yaml"
         conf.write_text(yaml.safe_dump({"kafka": {"bootstrap": cfg.kafka.bootstrap}, "redis": {"url": cfg.redis.url},
@@ -288,11 +365,12 @@ def main():
         for k in (1, 3):
             models = [f"{side}_pyramid@v{i}" for side in ("member", "job") for i in range(1, k + 1)]
             wipe(cfg.redis.url, cfg.redis.key_prefix)
-            bf = run_cli(conf, models, args.batch_size, tmp / f"backfill-{k}.log", args.beam_args)
+            bf = run_cli(conf, models, args.batch_size, tmp / f"backfill-{k}.log", args.beam_args, servers=servers)
             wipe(cfg.redis.url, cfg.redis.key_prefix)
             if args.two_workers:
                 bf2 = run_cli(conf, models, args.batch_size, tmp / f"backfill-{k}-2w.log",
-                              [*args.beam_args, "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+                              [*args.beam_args, "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+                              servers=servers)
                 wipe(cfg.redis.url, cfg.redis.key_prefix)
             loop = plain_loop(cfg, registry, models, args.batch_size)
             assert loop["written"] == bf["written"], (loop, bf)
@@ -302,7 +380,12 @@ def main():
             print(f"{k} version(s)/type, plain loop, wall time per stage (us/entity): " +
                   ", ".join(f"{n} {v:.1f}" for n, v in split["split_us_per_entity"].items()), flush=True)
             ceil = ceiling(cfg, registry, models, args.batch_size, cfg.job.ort_threads)
-            results[f"models_{k}"] = {"backfill": bf, "ceiling": ceil, "plain_loop": loop,
+            wipe(cfg.redis.url, cfg.redis.key_prefix)
+            floor = io_floor(cfg, registry, models, args.batch_size)
+            wipe(cfg.redis.url, cfg.redis.key_prefix)
+            results[f"models_{k}"] = {"backfill": bf, "ceiling": ceil, "plain_loop": loop, "io_floor": floor,
+                                      "io_floor_vs_ort": floor["entities_per_s"] / ceil["ort_entities_per_s"],
+                                      "ratio_vs_io_floor": bf["entities_per_s"] / floor["entities_per_s"],
                                       "ratio_vs_plain_loop": bf["entities_per_s"] / loop["entities_per_s"],
                                       "ratio_vs_ort": bf["entities_per_s"] / ceil["ort_entities_per_s"],
                                       "ratio_vs_ort_build": bf["entities_per_s"] / ceil["ort_build_entities_per_s"]}
@@ -317,6 +400,11 @@ def main():
                   f"same stages in a plain loop {loop['entities_per_s']:,.0f}/s | "
                   f"ratio {results[f'models_{k}']['ratio_vs_ort']:.2f} (vs ORT+build {results[f'models_{k}']['ratio_vs_ort_build']:.2f})",
                   flush=True)
+            print(f"{k} version(s)/type: I/O alone (scan {floor['scan_s']:.2f}s + Redis writes {floor['redis_write_s']:.2f}s + "
+                  f"Kafka sends {floor['kafka_send_s']:.2f}s) {floor['entities_per_s']:,.0f} entities/s = "
+                  f"{results[f'models_{k}']['io_floor_vs_ort']:.2f} of onnxruntime alone; backfill = "
+                  f"{results[f'models_{k}']['ratio_vs_io_floor']:.2f} of it | CPU us/entity during the backfill: " +
+                  ", ".join(f"{n} {v:.1f}" for n, v in bf["cpu_us_per_entity"].items()), flush=True)
         if args.scale:
             cfg.topics.feature_snapshot = "feature-snapshot-scale"
             conf.write_text(yaml.safe_dump({"kafka": {"bootstrap": cfg.kafka.bootstrap}, "redis": {"url": cfg.redis.url},
@@ -327,7 +415,7 @@ def main():
             wipe(cfg.redis.url, cfg.redis.key_prefix)
             log = tmp / "backfill-scale.log"
             print(f"scale backfill running; its progress bar: tail -f {log}", flush=True)
-            bf = run_cli(conf, None, args.batch_size, log, args.beam_args, progress=True)
+            bf = run_cli(conf, None, args.batch_size, log, args.beam_args, progress=True, servers=servers)
             results["scale"] = {"entities": args.scale, "snapshot_fill": gen, "backfill": bf}
             print(f"scale: {args.scale:,} entities: snapshot fill {gen['wall_s']:.0f}s (bench process peak RSS "
                   f"{gen['peak_rss_mb_so_far']:.0f} MB); backfill 3 versions/type (--all): wall {bf['wall_s']:.0f}s, "
