@@ -1,5 +1,6 @@
 """Plot docs/bench-backfill.json (written by bench/backfill_bench.py --out) to docs/plots/backfill.png:
-entities/s of the backfill against its baselines, and the per-stage split of the plain loop.
+entities/s of the backfill against its baselines (onnxruntime alone, and the I/O floor: the same scan,
+Redis writes and Kafka sends with no work between), and the per-stage split of the plain loop.
 
   python bench/backfill_plot.py [docs/bench-backfill.json] [docs/plots/backfill.png]
 """
@@ -23,14 +24,16 @@ def main() -> None:
     out = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "docs" / "plots" / "backfill.png"
     d = json.loads(src.read_text())
     runs = [k for k in ("models_1", "models_3") if k in d]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    labels = ["backfill (Beam)", "backfill, 2 workers", "plain loop", "ORT + build_inputs", "ORT alone"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    labels = ["backfill (Beam)", "backfill, 2 workers", "plain loop", "I/O alone (floor)", "ORT + build_inputs",
+              "ORT alone", "half ORT alone (target)"]
     width = 0.38
     for j, k in enumerate(runs):
         r = d[k]
         vals = [r["backfill"]["entities_per_s"], r.get("backfill_2_workers", {}).get("entities_per_s", 0),
-                r["plain_loop"]["entities_per_s"], r["ceiling"]["ort_build_entities_per_s"],
-                r["ceiling"]["ort_entities_per_s"]]
+                r["plain_loop"]["entities_per_s"], r.get("io_floor", {}).get("entities_per_s", 0),
+                r["ceiling"]["ort_build_entities_per_s"], r["ceiling"]["ort_entities_per_s"],
+                0.5 * r["ceiling"]["ort_entities_per_s"]]
         xs = [i + (j - 0.5) * width for i in range(len(labels))]
         ax1.bar(xs, vals, width, label=f"{k[-1]} version(s) per type")
     ax1.set_yscale("log")
