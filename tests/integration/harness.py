@@ -87,6 +87,27 @@ class Harness:
         for p in processors:
             self._spawn(f"std-{p}", ["standardize", "--processor", p])
 
+    def wait_standardizers_assigned(self, processors=PROCESSORS, timeout: float = 90, settle_s: float = 1.0) -> None:
+        """Until each standardizer's log shows a non-empty assignment not revoked since, twice ``settle_s``
+        apart: a test whose joins time out in seconds must not start while a group is still forming (a
+        standardizer that joins late is a missing standardizer to the job, and its outputs come too late)."""
+        deadline = time.monotonic() + timeout
+
+        def settled(p: str) -> bool:
+            text = (self.root / f"std-{p}.log").read_text(errors="replace") if (self.root / f"std-{p}.log").exists() else ""
+            last_assigned = text.rfind("partitions assigned [")
+            return (last_assigned >= 0 and text[last_assigned:last_assigned + 22] != "partitions assigned []"
+                    and text.rfind("partitions revoked") < last_assigned)
+
+        while True:
+            if all(settled(p) for p in processors):
+                time.sleep(settle_s)
+                if all(settled(p) for p in processors):
+                    return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"standardizers {[p for p in processors if not settled(p)]} not assigned after {timeout}s")
+            time.sleep(0.2)
+
     def start_job(self):
         return self._spawn("job", ["run"])
 

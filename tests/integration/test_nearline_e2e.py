@@ -1,6 +1,5 @@
 """End to end on a real broker and Redis: standardizer processes + the Beam job (`nearline run`)."""
 
-import json
 import threading
 import time
 
@@ -205,10 +204,13 @@ def test_join_timeout_scores_with_declared_defaults_and_flags_partial(tmp_path, 
     """The geo standardizer is down: after join.timeout_s every update is scored with geo's declared
     default, published with partial=true and marked _partial in Redis; nothing is lost or stuck."""
     cfg = isolated_config(kafka_bootstrap, redis_url, unique)
-    h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED, join_timeout_s=3.0)
+    # the timeout is short on purpose (every join times out); a standardizer that lags more than twice
+    # it (the partial's window for late outputs) would be a second missing one, so the groups settle first
+    h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED, join_timeout_s=5.0)
     up = ["title", "skills", "company"]
     try:
         h.start_standardizers(up)
+        h.wait_standardizers_assigned(up)
         h.start_job()
         h.wait_log("partition group 3: reading")
         h.streamer.mix.delete = 0.0  # creates and updates only
