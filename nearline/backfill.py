@@ -417,10 +417,11 @@ class BackfillStage:
                 continue
             groups.setdefault((types[j], tuple(need_by_row[j])), []).append(pos)
         scoring: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        scored_keys, scored_versions = [keys[j] for j in scored], [versions[j] for j in scored]
         for (etype, ks), poss in groups.items():
             lacking: dict[int, list[str]] = {}
             for k in ks:
-                for pos, why in self._lacking(k, cols, poss, [keys[j] for j in scored], [versions[j] for j in scored]).items():
+                for pos, why in self._lacking(k, cols, poss, scored_keys, scored_versions).items():
                     lacking.setdefault(pos, []).append(k)
                     dead.append((scored[pos], f"{k}: {why}"))
                     c.failed += 1
@@ -438,13 +439,20 @@ class BackfillStage:
         emb: dict[int, dict[str, bytes]] = {}  # row -> model key -> float32 bytes
         for (etype, ks), poss in scoring.items():
             scores, bad = self.models.score_columns(etype, cols.take(poss).features, list(ks))
+            off = [k for k in ks if k not in scores]
+            if off:  # disabled by ModelSet after failing on every row of several batches (dead-lettered then)
+                c.failed += len(off) * len(poss)
+                log.error("backfill: %s disabled (it failed on every row of %d batches in a row): %d entities of this "
+                          "batch not backfilled; fix the package, then rerun `nearline backfill --models %s`",
+                          ", ".join(off), self.models.disable_after, len(poss), " ".join(off))
+                ks = tuple(k for k in ks if k in scores)
             for local, err in bad.items():
                 c.failed += len(ks)
                 dead.append((scored[poss[local]], err))
             # one tobytes per model and batch, sliced per entity (the same bytes as per-row tobytes)
             flat = [(k, np.ascontiguousarray(scores[k], dtype="<f4").tobytes(), scores[k].shape[1] * 4) for k in ks]
             for local, pos in enumerate(poss):
-                if local not in bad:
+                if local not in bad and flat:
                     emb[scored[pos]] = {k: b[local * w:(local + 1) * w] for k, b, w in flat}
         tol = self.cfg.dedupe.tolerance
         read_of = dict(zip(live, reads))

@@ -480,3 +480,42 @@ def test_catch_up_pass_covers_what_a_job_without_the_version_wrote_meanwhile(wor
         assert np.array_equal(np.frombuffer(h[new], "<f4"), vec), key
     for eid in members:
         assert w.store.get("member", eid)["_v"] == b"5000"
+
+
+def test_a_version_disabled_mid_backfill_fails_its_entities_and_writes_nothing_for_them(world):
+    """A registered version that onnxruntime fails on every row (a manifest overstating its title
+    vocabulary: the graph's table is smaller) is disabled by ModelSet after 3 batches; the backfill goes
+    on, counts the rest as failed, and never writes a hash without the version's vector."""
+    from nearline.backfill import BackfillCounts, batches_with_progress
+    from nearline.features import FeatureEncoder
+
+    w = world
+    rng = np.random.default_rng(11)
+    items = []
+    for i in range(30):
+        feats = random_features(rng, False)
+        feats["title"] = {"ids": [500], "weights": None}  # OOV for a correct manifest, beyond the table for the broken one
+        items.append(("member", f"b{i}", 5, feats, False))
+    w.push(items)
+    new = register(w, "member_bad", "v1", "member", seed=12)
+    models = ModelSet(RegistryWatcher(Registry(w.registry), w.cfg.entity_types, 0))
+    m = models.models[new]
+    title = next(f for f in m.package.manifest.inputs if f.name == "title")
+    title.vocab_size = 10_000
+    m.encoders["title"] = FeatureEncoder(title)
+    c = kafka_io.make_consumer(w.cfg.kafka.bootstrap, None)
+    entries = []
+    for rng_ in plan_ranges(c, w.cfg.topics.feature_snapshot, [0, 1, 2, 3]):
+        found, _ = scan_range(c, rng_)
+        entries += [e for e in found.values() if e.key.startswith("member:b")]
+    c.close()
+    chunk = SnapshotChunk.from_entries(entries, 0)
+    stage = BackfillStage(w.cfg, w.store, w.producer, models, {new})
+    total = BackfillCounts()
+    for batch, _ in batches_with_progress(chunk, 5, len(chunk)):
+        total.add(stage.run(batch))
+    assert new in models.disabled
+    assert (total.failed, total.written, len(chunk)) == (30, 0, 30)
+    hashes = w.hashes()
+    assert len([k for k in hashes if ":member:b" in k]) == 30
+    assert not any(new.encode() in h for h in hashes.values())
