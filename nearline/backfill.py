@@ -3,13 +3,16 @@
 Plain Python, one batch at a time; beam_jobs/backfill_job.py wires it into a Beam batch pipeline and
 `nearline backfill` drives it (:func:`run_backfill`).
 
-    RangeReader      one partition range of the snapshot topic -> the newest entry per entity (librdkafka;
-                     scan_range is the same with a kafka-python consumer)
-    BackfillStage    per batch of entities: one Redis read -> which versions each entity lacks -> score
-                     them with the job's own ModelSet.score (same feature-to-tensor code, same ORT
-                     sessions options, so the bits are identical) -> dedupe -> version-guarded Redis
-                     writes (the job's CAS, one script call per batch, replying with each hash) -> the
-                     written entities' full state to the embedding topic (BatchProducer, acknowledged)
+    RangeReader      one partition range of the snapshot topic -> the newest entry per entity, as a
+                     SnapshotChunk (a list per attribute, nothing decoded; librdkafka; scan_range is the
+                     same with a kafka-python consumer)
+    BackfillStage    per batch of entities, prepare: one Redis read -> which versions each entity lacks
+                     -> decode those records together (nearline/snapshot_columns.py) -> score them with the
+                     job's own ModelSet.score_columns (same tensor builder, same ORT session options, so
+                     the bits are identical) -> dedupe; commit: version-guarded Redis writes (the job's
+                     CAS, one script call per batch, replying with each hash) -> the written entities'
+                     full state to the embedding topic (BatchProducer, acknowledged)
+    run_range        one range: scan, then prepare batch k+1 while batch k commits on a second thread
     run_backfill     publishes what a dead run left in the outbox, then passes over the snapshot until it
                      converges, progress bar, summary
 
