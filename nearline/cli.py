@@ -31,6 +31,8 @@ def cmd_services(args) -> int:
         st = svc.up()
         print(f"kafka  {st.kafka_bootstrap}  ({st.broker if st.kafka_pid else 'external'}, pid {st.kafka_pid})")
         print(f"redis  {st.redis_url}  (pid {st.redis_pid or 'external'})")
+        if st.schema_registry_url:
+            print(f"schema registry  {st.schema_registry_url}  (Apicurio, in memory, pid {st.schema_registry_pid})")
     elif args.action == "down":
         stopped = svc.down()
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -41,7 +43,7 @@ def cmd_services(args) -> int:
         else:
             for k, v in st.items():
                 print(f"{k:16s} {v}")
-        return 0 if st["kafka_up"] and st["redis_up"] else 1
+        return 0 if st["kafka_up"] and st["redis_up"] and st.get("schema_registry_up", True) else 1
     return 0
 
 

@@ -135,6 +135,14 @@ class ServicesConfig:
     """Port of the local redis-server; 0 picks a free one."""
     start_timeout_s: float = 60.0
     """How long `services up` waits for each service to answer (Apache Kafka takes 4-15 s on 2 cores)."""
+    schema_registry: bool = False
+    """Also start a local schema registry with `services up`: Apicurio Registry (built by `python -m
+    nearline.jars fetch`), serving the Confluent API, in memory (its ids are gone when it stops; every
+    process registers its schemas at start-up). While `kafka.schema_registry_url` is empty, every
+    `nearline` command using this state dir takes its URL (shown by `services status`), so
+    `kafka.wire_format: confluent` works locally without an external registry."""
+    schema_registry_port: int = 0
+    """Port of the local schema registry; 0 picks a free one."""
 
 
 @dataclass
@@ -332,8 +340,9 @@ class Config:
             raise ConfigError(f"kafka.security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, not {k.security_protocol!r}")
         if k.wire_format not in ("single-object", "confluent"):
             raise ConfigError(f"kafka.wire_format must be 'single-object' or 'confluent', not {k.wire_format!r}")
-        if k.wire_format == "confluent" and not k.schema_registry_url:
-            raise ConfigError("kafka.wire_format 'confluent' needs kafka.schema_registry_url")
+        if k.wire_format == "confluent" and not k.schema_registry_url and not self.services.schema_registry:
+            raise ConfigError("kafka.wire_format 'confluent' needs kafka.schema_registry_url "
+                              "(or services.schema_registry: true for a local one)")
         if k.security_protocol.startswith("SASL_"):
             if k.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
                 raise ConfigError(f"kafka.sasl_mechanism must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 with "

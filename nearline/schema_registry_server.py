@@ -18,6 +18,15 @@ from nearline.services import ServiceError, _log_tail, _stop_pid, free_port
 CCOMPAT_PATH = "/apis/ccompat/v7"
 
 
+def answers_at(url: str) -> bool:
+    """Whether a Confluent-compatible registry answers at ``url`` (its subject list, within 1 s)."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/subjects", timeout=1) as resp:
+            return resp.status == 200
+    except (OSError, ValueError):
+        return False
+
+
 class SchemaRegistryServer:
     """One Apicurio Registry process on a free port; ``url`` is its Confluent-compatible API."""
 
@@ -46,11 +55,7 @@ class SchemaRegistryServer:
                 "-Dquarkus.log.level=WARN", "-Dquarkus.http.access-log.enabled=false", "-jar", str(jar)]
 
     def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/subjects", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+        return answers_at(self.url)
 
     def start(self, timeout_s: float = 120.0) -> "SchemaRegistryServer":
         cmd = self.command()

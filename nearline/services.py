@@ -236,6 +236,9 @@ class ServicesState:
     kafka_ca_file: str = ""
     kafka_sasl_user: str = ""
     kafka_sasl_password: str = ""
+    # with services.schema_registry: the local Apicurio Registry (Confluent API)
+    schema_registry_url: str = ""
+    schema_registry_pid: int | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -329,6 +332,21 @@ class LocalServices:
             self._write_state(st)
             self._wait(ready, timeout, what, proc, log_path)
 
+        if self.cfg.services.schema_registry and not self.cfg.kafka.schema_registry_url:
+            if old.schema_registry_pid and pid_alive(old.schema_registry_pid) and old.schema_registry_url:
+                st.schema_registry_url, st.schema_registry_pid = old.schema_registry_url, old.schema_registry_pid
+            else:
+                from nearline.schema_registry_server import SchemaRegistryServer
+
+                self._mk()
+                srv = SchemaRegistryServer(self.state_dir, self.cfg.services.schema_registry_port)
+                if port_open("127.0.0.1", srv.port):
+                    raise ServiceError(f"port {srv.port} is taken by another process; set services.schema_registry_port "
+                                       f"(0 = any free port)")
+                srv.start(timeout_s=max(timeout, 120.0))  # Quarkus + H2: ~10 s beside a starting broker
+                st.schema_registry_url, st.schema_registry_pid = srv.url, srv.proc.pid
+            st.started.append("schema-registry")
+
         self._write_state(st)
         if not create_topics:
             return st
@@ -344,10 +362,10 @@ class LocalServices:
         st = self.read_state()
         stopped = []
         if st:
-            for name, pid in (("kafka", st.kafka_pid), ("redis", st.redis_pid)):
+            for name, pid in (("schema-registry", st.schema_registry_pid), ("kafka", st.kafka_pid), ("redis", st.redis_pid)):
                 if pid and pid_alive(pid):
                     # Kafka's controlled shutdown flushes logs and writes a clean-shutdown marker: let it
-                    _stop_pid(pid, grace_s=30.0 if name == "kafka" else 5.0)
+                    _stop_pid(pid, grace_s={"kafka": 30.0, "schema-registry": 10.0}.get(name, 5.0))
                     stopped.append(name)
             self.state_file.unlink(missing_ok=True)
         return stopped
@@ -369,6 +387,12 @@ class LocalServices:
                            redis_pid=st.redis_pid if st.redis_pid and pid_alive(st.redis_pid) else None)
         out["kafka_up"] = bool(out["kafka_bootstrap"]) and _bootstrap_open(out["kafka_bootstrap"])
         out["redis_up"] = bool(out["redis_url"]) and self._redis_ok(out["redis_url"])
+        if self.cfg.kafka.schema_registry_url or self.cfg.services.schema_registry or (st and st.schema_registry_url):
+            url = self.cfg.kafka.schema_registry_url or (st.schema_registry_url if st else "")
+            out["schema_registry_url"] = url
+            from nearline.schema_registry_server import answers_at
+
+            out["schema_registry_up"] = bool(url) and answers_at(url)
         return out
 
     # ---- helpers -------------------------------------------------------------------------
@@ -446,12 +470,22 @@ def _stop_pid(pid: int, grace_s: float = 5.0) -> None:
 
 
 def resolve_endpoints(cfg: Config) -> tuple[str, str]:
-    """(kafka_bootstrap, redis_url): config/env first, else the running local services."""
+    """(kafka_bootstrap, redis_url): config/env first, else the running local services. With
+    ``services.schema_registry`` and no ``kafka.schema_registry_url``, also sets that field to the local
+    registry's URL (every codec made from ``cfg`` afterwards uses it)."""
     kafka, redis_url = cfg.kafka.bootstrap, cfg.redis.url
+    st = None
     if not kafka or not redis_url:
         st = LocalServices(cfg).read_state()
         if st is None:
             raise ServiceError("no Kafka/Redis endpoints: run `nearline services up` or set "
                                "NEARLINE_KAFKA_BOOTSTRAP and NEARLINE_REDIS_URL")
         kafka, redis_url = kafka or st.kafka_bootstrap, redis_url or st.redis_url
+    if cfg.services.schema_registry and not cfg.kafka.schema_registry_url:
+        st = st or LocalServices(cfg).read_state()
+        if st is None or not st.schema_registry_url:
+            raise ServiceError("services.schema_registry is on but no local schema registry runs: run "
+                               "`nearline services up` (or set kafka.schema_registry_url)")
+        cfg.kafka.schema_registry_url = st.schema_registry_url
     return kafka, redis_url
+

@@ -12,7 +12,6 @@ import threading
 import time
 import zlib
 
-import numpy as np
 import pytest
 
 from nearline.client import EmbeddingClient

@@ -106,3 +106,38 @@ def test_taken_port_and_missing_jars_are_one_clear_line(tmp_path, monkeypatch):
     cfg.redis.url = "redis://unused:1/0"
     with pytest.raises(ServiceError, match="python -m nearline.jars fetch"):
         LocalServices(cfg, tmp_path / "b").up()
+
+
+def test_services_up_starts_a_local_schema_registry_that_confluent_mode_uses(tmp_path, kafka_bootstrap, redis_url):
+    """services.schema_registry: `services up` starts Apicurio beside the (here external) Kafka and Redis,
+    reuses it on a second up, shows it in status, and a command's config with an empty
+    kafka.schema_registry_url gets its URL from resolve_endpoints: Confluent framing with real ids."""
+    from nearline.codec import codec_for
+    from nearline.embedding_messages import full_state_record
+    from nearline.services import ServiceError, resolve_endpoints
+
+    def config(state_dir):
+        cfg = Config()
+        cfg.kafka.bootstrap, cfg.redis.url, cfg.kafka.wire_format = kafka_bootstrap, redis_url, "confluent"
+        cfg.services = ServicesConfig(schema_registry=True, state_dir=str(state_dir))
+        return cfg.validate()  # confluent without a URL is accepted when the local registry provides it
+
+    with pytest.raises(ServiceError, match="no local schema registry runs"):
+        resolve_endpoints(config(tmp_path / "nothing-started"))
+    cfg = config(tmp_path)
+    svc = LocalServices(cfg, tmp_path)
+    try:
+        st = svc.up(create_topics=False)
+        assert st.schema_registry_url and pid_alive(st.schema_registry_pid) and "schema-registry" in st.started
+        assert svc.up(create_topics=False).schema_registry_pid == st.schema_registry_pid  # reused, not restarted
+        status = svc.status()
+        assert status["schema_registry_up"] and status["schema_registry_url"] == st.schema_registry_url
+        child = config(tmp_path)  # what a `nearline` command loads
+        resolve_endpoints(child)
+        assert child.kafka.schema_registry_url == st.schema_registry_url
+        codec = codec_for(child)
+        data = codec.encode("EntityEmbeddings", full_state_record("member", "m1", 3, {"a@v1": b"\x00" * 8}, {"a@v1"}, 0))
+        assert data[:1] == b"\x00" and codec.decode(data)["entity_id"] == "m1"
+    finally:
+        stopped = svc.down()
+    assert "schema-registry" in stopped and not pid_alive(st.schema_registry_pid)
