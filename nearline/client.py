@@ -216,6 +216,9 @@ class Subscriber(threading.Thread):
         consumer = kafka_io.make_consumer(self.bootstrap, self.group, auto_offset_reset=reset,
                                           session_timeout_ms=self.cfg.kafka.session_timeout_ms,
                                           heartbeat_interval_ms=self.cfg.kafka.heartbeat_interval_ms)
+        # a member joining before the group leader knows a new topic's partitions gets none for minutes
+        for topic in kafka_io.await_partitions(self.bootstrap, [self.topic]):
+            log.warning("group %s: topic %s lists no partitions yet; subscribing anyway", self.group, topic)
         consumer.subscribe([self.topic], listener=Rebalance())
         return consumer
 

@@ -178,6 +178,24 @@ def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) 
         time.sleep(0.1)
 
 
+def await_partitions(bootstrap: str, topics: list[str], timeout_s: float = 15.0) -> list[str]:
+    """Wait until the broker lists each topic's partitions, asked by a group-less consumer (a group
+    member's own metadata stays untouched); returns the topics that still list none. Call it before a
+    group subscribe: kafka-python 3.0.12 assigns nothing to a member that joins while a just-created
+    topic's partitions are unknown to the group leader, until its next metadata refresh (5 min)."""
+    probe = make_consumer(bootstrap, None)
+    missing = []
+    try:
+        for topic in topics:
+            try:
+                partitions_of(probe, topic, timeout_s=timeout_s)
+            except KafkaError:
+                missing.append(topic)
+    finally:
+        probe.close()
+    return missing
+
+
 def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition], attempts: int = 20,
                 timeout_ms: int = 10_000) -> dict[TopicPartition, int]:
     """consumer.end_offsets, with a timeout (without one kafka-python blocks forever while the broker is

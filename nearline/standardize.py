@@ -303,15 +303,8 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
         # Join only once the broker lists the input partitions (asked with a group-less consumer, so the
         # member's own metadata is untouched): a member that joins before a just-created topic's
         # partitions are known is assigned nothing until its next metadata refresh (5 min by default).
-        probe = kafka_io.make_consumer(bootstrap, None)
-        try:
-            for topic in cfg.update_topics():
-                try:
-                    kafka_io.partitions_of(probe, topic, timeout_s=15.0)
-                except kafka_io.KafkaError:
-                    log.warning("standardize.%s: topic %s lists no partitions yet; subscribing anyway", name, topic)
-        finally:
-            probe.close()
+        for topic in kafka_io.await_partitions(bootstrap, cfg.update_topics()):
+            log.warning("standardize.%s: topic %s lists no partitions yet; subscribing anyway", name, topic)
         consumer.subscribe(cfg.update_topics(), listener=_Rebalance())
 
     def group_offset_totals() -> tuple[int, int]:
