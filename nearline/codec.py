@@ -56,6 +56,17 @@ class SchemaRegistryUnavailable(ConnectionError):
     off and retry; a record is never dead-lettered for it."""
 
 
+def zigzag_varint(n: int) -> bytes:
+    """Avro's binary int/long: zigzag, then a little-endian base-128 varint (also block counts and sizes)."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def schema_fingerprint(parsed_schema: Any) -> bytes:
     """The 8-byte little-endian CRC-64-AVRO fingerprint the single-object header carries."""
     hex_fp = fingerprint(to_parsing_canonical_form(parsed_schema), "CRC-64-AVRO")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from nearline.codec import Codec
+from nearline.codec import Codec, zigzag_varint
 from nearline.snapshot import VERSION_HEADER, header_version, tombstone_send
 
 log = logging.getLogger(__name__)
@@ -61,23 +61,12 @@ def full_state_send(topic: str, key: str, record: dict, codec: Codec) -> tuple:
     return (topic, key.encode(), state_encoder(codec).encode_record(record), [(VERSION_HEADER, str(record["version"]).encode())])
 
 
-def _zigzag(n: int) -> bytes:
-    """Avro's int/long: zigzag, then a little-endian base-128 varint."""
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_SMALL = [_zigzag(i) for i in range(4096)]  # lengths and counts: a list index, not a loop
+_SMALL = [zigzag_varint(i) for i in range(4096)]  # lengths and counts: a list index, not a loop
 
 
 def _avro_string(s: str) -> bytes:
     b = s.encode()
-    return (_SMALL[len(b)] if len(b) < 4096 else _zigzag(len(b))) + b
+    return (_SMALL[len(b)] if len(b) < 4096 else zigzag_varint(len(b))) + b
 
 
 class FullStateEncoder:
@@ -109,14 +98,14 @@ class FullStateEncoder:
         p = self._entry_prefix.get((key, nbytes))
         if p is None:
             name, _, ver = key.partition("@")
-            p = self._entry_prefix[(key, nbytes)] = _avro_string(name) + _avro_string(ver) + _zigzag(nbytes // 4) + _zigzag(nbytes)
+            p = self._entry_prefix[(key, nbytes)] = _avro_string(name) + _avro_string(ver) + zigzag_varint(nbytes // 4) + zigzag_varint(nbytes)
         return p
 
     def _datum(self, entity_type: str, entity_id: str, version: int, partial: bool, entries, produced_at_ms: int) -> bytes:
-        tail = _zigzag(produced_at_ms)
-        parts = [_avro_string(entity_type), _avro_string(entity_id), _zigzag(version), b"\x00\x01" if partial else b"\x00\x00"]
+        tail = zigzag_varint(produced_at_ms)
+        parts = [_avro_string(entity_type), _avro_string(entity_id), zigzag_varint(version), b"\x00\x01" if partial else b"\x00\x00"]
         if entries:
-            parts.append(_SMALL[len(entries)] if len(entries) < 4096 else _zigzag(len(entries)))  # one array block, then the 0 that ends it
+            parts.append(_SMALL[len(entries)] if len(entries) < 4096 else zigzag_varint(len(entries)))  # one array block, then the 0 that ends it
             for key, vec, changed in entries:
                 parts += (self._prefix(key, len(vec)), vec, tail, b"\x01" if changed else b"\x00")
         parts.append(b"\x00")

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nearline.codec import CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, HEADER_LEN, MAGIC, Codec, CodecError
+from nearline.codec import (CONFLUENT_HEADER_LEN, CONFLUENT_MAGIC, HEADER_LEN, MAGIC, Codec, CodecError,
+                            zigzag_varint)
 from nearline.features import NO_ERROR, FeatureColumn, FeatureColumns, list_ranges, record_negative_ids
 
 SCHEMA = "FeatureSnapshot"
@@ -143,16 +144,6 @@ def decode_snapshots(values: list[bytes], codec: Codec) -> SnapshotColumns:
 _HEADERS: dict[bytes, bytes] = {}  # schema fingerprint -> OCF header
 
 
-def _zigzag(x: int) -> bytes:
-    x = (x << 1) ^ (x >> 63)
-    out = bytearray()
-    while x > 0x7F:
-        out.append((x & 0x7F) | 0x80)
-        x >>= 7
-    out.append(x)
-    return bytes(out)
-
-
 def _read_block(datums: list[bytes], parsed_schema, fingerprint: bytes):
     """One object-container-file block of the datums, read by polars-avro: a pyarrow Table, one chunk."""
     import fastavro
@@ -165,7 +156,7 @@ def _read_block(datums: list[bytes], parsed_schema, fingerprint: bytes):
         fastavro.writer(buf, parsed_schema, [])  # the header only: magic, schema, codec null, sync marker
         header = _HEADERS[key] = buf.getvalue()
     body = b"".join(datums)
-    ocf = b"".join((header, _zigzag(len(datums)), _zigzag(len(body)), body, header[-16:]))
+    ocf = b"".join((header, zigzag_varint(len(datums)), zigzag_varint(len(body)), body, header[-16:]))
     try:
         # polars-avro's own Arrow source, without the polars LazyFrame around it: 1.3 us a record in
         # batches of 1024 against 4 through read_avro (measured); the version is pinned for it
