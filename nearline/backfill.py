@@ -58,8 +58,8 @@ from nearline.deadletter import encode_dead_letter
 from nearline.dedupe import decide
 from nearline.lifecycle import retry_until_done
 from nearline.embedding_messages import full_state_record, full_state_send
-from nearline.snapshot import (PARTIAL_HEADER, SCHEMA, VERSION_HEADER, SnapshotEntry, header_partial, header_version,
-                               latest_per_key)
+from nearline.snapshot import (PARTIAL_HEADER, VERSION_HEADER, SnapshotEntry, header_partial, latest_per_key,
+                               record_version)
 from nearline.store import PARTIAL_FIELD, VERSION_FIELD
 
 log = logging.getLogger(__name__)
@@ -255,11 +255,9 @@ class RangeReader:
                         continue
                     value = m.value()
                     if v is None or p is None:
-                        v, p = header_version(h), header_partial(h)
+                        v, p = record_version(h, value, codec), header_partial(h)
                         if v is None:
-                            if value is None:
-                                continue  # a tombstone without a version cannot be ordered; the job never writes one
-                            v = (codec or Codec()).decode(value, expect=SCHEMA)["version"]
+                            continue  # a tombstone without a version cannot be ordered
                     i = where.get(key)
                     if i is None:
                         where[key] = len(keys)

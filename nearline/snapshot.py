@@ -74,6 +74,15 @@ class SnapshotEntry:
         return self.value is None
 
 
+def record_version(headers, value: bytes | None, codec: Codec | None = None) -> int | None:
+    """A snapshot record's version: its header, else (a record without one) decoded from the value;
+    None for a tombstone without a version, which cannot be ordered (the job never writes one)."""
+    v = header_version(headers)
+    if v is None and value is not None:
+        v = (codec or Codec()).decode(value, expect=SCHEMA)["version"]
+    return v
+
+
 def latest_per_key(records, codec: Codec | None = None) -> tuple[dict[str, SnapshotEntry], int]:
     """Fold consumer records (in offset order) into the newest entry per key: highest version, ties to the
     later offset. Records without a version header are decoded to find it. Returns (entries, scanned)."""
@@ -83,11 +92,9 @@ def latest_per_key(records, codec: Codec | None = None) -> tuple[dict[str, Snaps
         n += 1
         if r.key is None:
             continue
-        v = header_version(r.headers)
+        v = record_version(r.headers, r.value, codec)
         if v is None:
-            if r.value is None:
-                continue  # a tombstone without a version cannot be ordered; the job never writes one
-            v = (codec or Codec()).decode(r.value, expect=SCHEMA)["version"]
+            continue
         key = r.key.decode()
         cur = out.get(key)
         if cur is None or v >= cur.version:
