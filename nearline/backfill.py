@@ -336,18 +336,18 @@ class BackfillStage:
             self.by_type.setdefault(m.package.manifest.entity_type, []).append(k)
         self.chosen_by_type = {t: [k for k in ks if k in self.chosen] for t, ks in self.by_type.items()}
 
-    def _lacking(self, key: str, cols, rows: list[int], keys: list[str], versions: list[int]) -> dict[int, str]:
+    def _lacking(self, key: str, cols, rows: list[int]) -> dict[int, str]:
         """Rows (positions in ``cols``) whose snapshot cannot feed version ``key``: it needs a standardizer
         no earlier version needed, so the snapshot's join did not wait for it and the feature may be
         absent; scoring with defaults would be wrong, not partial. -> {position: reason}."""
         man = self.models.models[key].package.manifest
         out: dict[int, str] = {}
         for f in man.inputs:
-            for pos in np.flatnonzero(~cols.features.column(f.name).present[rows]):
-                j = rows[pos]
-                if j not in out and f.standardizer not in cols.missing[j]:
-                    out[j] = (f"snapshot of {keys[j]} version {versions[j]} has no {f.name!r} (standardizer "
-                              f"{f.standardizer}); its next update scores {key}")
+            for local in np.flatnonzero(~cols.features.column(f.name).present[rows]):
+                pos = rows[local]
+                if pos not in out and f.standardizer not in cols.missing[pos]:
+                    out[pos] = (f"snapshot of {cols.entity_type[pos]}:{cols.entity_id[pos]} version {cols.version[pos]} "
+                                f"has no {f.name!r} (standardizer {f.standardizer}); its next update scores {key}")
         return out
 
     def run(self, chunk: SnapshotChunk) -> BackfillCounts:
@@ -418,11 +418,10 @@ class BackfillStage:
                 continue
             groups.setdefault((types[j], tuple(need_by_row[j])), []).append(pos)
         scoring: dict[tuple[str, tuple[str, ...]], list[int]] = {}
-        scored_keys, scored_versions = [keys[j] for j in scored], [versions[j] for j in scored]
         for (etype, ks), poss in groups.items():
             lacking: dict[int, list[str]] = {}
             for k in ks:
-                for pos, why in self._lacking(k, cols, poss, scored_keys, scored_versions).items():
+                for pos, why in self._lacking(k, cols, poss).items():
                     lacking.setdefault(pos, []).append(k)
                     dead.append((scored[pos], f"{k}: {why}"))
                     c.failed += 1
