@@ -20,7 +20,7 @@ import logging
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from nearline.codec import codec_for
+from nearline.io.codec import codec_for
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,14 @@ class BackfillRange(beam.DoFn):
         self.codec = codec  # codec_for(cfg): pickled with its cached schema-registry ids
 
     def setup(self):
-        from nearline import kafka_io
-        from nearline.backfill import BackfillStage, BatchProducer, RangeReader, RunProgress
-        from nearline.registry import Registry
-        from nearline.scoring import ModelSet, RegistryWatcher
-        from nearline.store import RedisEmbeddingStore
+        from nearline.inference.scoring import ModelSet, RegistryWatcher
+        from nearline.io import kafka_io
+        from nearline.io.store import RedisEmbeddingStore
+        from nearline.offline.producer import BatchProducer
+        from nearline.offline.progress import RunProgress
+        from nearline.offline.scan import RangeReader
+        from nearline.offline.stage import BackfillStage
+        from nearline.registry.packages import Registry
 
         cfg = self.cfg
         kafka_io.configure_security(cfg.kafka)  # this DoFn may run in another process
@@ -58,7 +61,7 @@ class BackfillRange(beam.DoFn):
             self.producer.close(timeout=10)
 
     def process(self, rng):
-        from nearline.backfill import run_range
+        from nearline.offline.stage import run_range
 
         run_range(self.reader, self.stage, self.progress, rng, self.batch_size, self.codec)
         return []

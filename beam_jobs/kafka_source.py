@@ -33,8 +33,8 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.utils.timestamp import Duration
 
-from nearline.lifecycle import STOP  # set by `nearline run` on SIGINT/SIGTERM
-from nearline.pipeline import KafkaRecord, RecordBatch
+from nearline.core.lifecycle import STOP  # set by `nearline run` on SIGINT/SIGTERM
+from nearline.stream.pipeline import KafkaRecord, RecordBatch
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,8 @@ class ReadPartitionGroups(beam.DoFn):
         self.poll_timeout_ms = max(1, poll_timeout_ms // max(1, groups))
 
     def setup(self):
-        from nearline.store import ReadMarks, RedisEmbeddingStore
-
-        from nearline import kafka_io
+        from nearline.io import kafka_io
+        from nearline.io.store import ReadMarks, RedisEmbeddingStore
 
         kafka_io._SECURITY.update(self.security)  # this DoFn may run in another process (Flink workers)
         self._consumers = {}
@@ -91,7 +90,7 @@ class ReadPartitionGroups(beam.DoFn):
     def _consumer(self, p: int):
         c = self._consumers.get(p)
         if c is None:
-            from nearline import kafka_io
+            from nearline.io import kafka_io
 
             c = kafka_io.make_consumer(self.bootstrap, self.group_id, max_poll_records=self.max_poll_records)
             tps = [kafka_io.TopicPartition(t, p) for t in self.topics]
@@ -113,7 +112,7 @@ class ReadPartitionGroups(beam.DoFn):
     def _committed(c, tp):
         """The committed offset, waiting (and logging) while the broker is unreachable; a stop request
         ends the wait."""
-        from nearline.lifecycle import retry_until_done
+        from nearline.core.lifecycle import retry_until_done
 
         return retry_until_done(f"reading the committed offset of {tp.topic}[{tp.partition}]",
                                 lambda: c.committed(tp, timeout_ms=10_000), log, first_delay=0.5)
@@ -123,8 +122,8 @@ class ReadPartitionGroups(beam.DoFn):
         if now < self._next_lag.get(p, 0):
             return
         self._next_lag[p] = now + self.lag_every_s
-        from nearline import kafka_io
-        from nearline.metrics import METRICS
+        from nearline.core.metrics import METRICS
+        from nearline.io import kafka_io
 
         try:
             ends = kafka_io.end_offsets(c, list(c.assignment()))
@@ -141,7 +140,7 @@ class ReadPartitionGroups(beam.DoFn):
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + 1.0
-        from nearline.failover import heartbeat_key
+        from nearline.io.store import heartbeat_key
 
         try:
             self._marks.store.r.set(heartbeat_key(self.redis_prefix, self.group_id), int(time.time() * 1000), ex=86400)

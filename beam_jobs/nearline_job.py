@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def _registry(cfg: Config):
-    from nearline.registry import Registry
-    from nearline.scoring import RegistryWatcher
+    from nearline.inference.scoring import RegistryWatcher
+    from nearline.registry.packages import Registry
 
     return RegistryWatcher(Registry(cfg.path(cfg.models.registry)), cfg.entity_types, cfg.job.registry_poll_s)
 
@@ -52,7 +52,7 @@ class StandardizationJoinFn(beam.DoFn):
         self.cfg = cfg
 
     def setup(self):
-        from nearline.pipeline import JoinStage
+        from nearline.stream.pipeline import JoinStage
 
         self.stage = JoinStage(self.cfg)
         self.watcher = _registry(self.cfg)
@@ -77,13 +77,13 @@ class ScoreEmbeddingsFn(beam.DoFn):
         self.cfg, self.bootstrap, self.redis_url = cfg, bootstrap, redis_url
 
     def setup(self):
-        from nearline.pipeline import ScoreStage
-        from nearline.scoring import ModelSet
+        from nearline.inference.scoring import ModelSet
+        from nearline.stream.pipeline import ScoreStage
 
         self.stage = ScoreStage(ModelSet(_registry(self.cfg), self.cfg.job.ort_threads))
         self.backfills = None  # a newly registered version is backfilled (nearline/model_lifecycle.py)
         if self.cfg.job.backfill_on_register and self.redis_url:
-            from nearline.model_lifecycle import BackfillLauncher
+            from nearline.offline.launcher import BackfillLauncher
 
             self.backfills = BackfillLauncher(self.cfg, self.bootstrap, self.redis_url)
             self.backfills.resume(set(self.stage.models.models))
@@ -101,14 +101,14 @@ class PublishEmbeddingsFn(beam.DoFn):
         self.cfg, self.bootstrap, self.redis_url = cfg, bootstrap, redis_url
 
     def setup(self):
-        from nearline import kafka_io
-        from nearline.pipeline import PublishStage
-        from nearline.snapshot import ensure_snapshot_topic
-        from nearline.store import RedisEmbeddingStore
+        from nearline.io import kafka_io
+        from nearline.io.snapshot import ensure_snapshot_topic
+        from nearline.io.store import RedisEmbeddingStore
+        from nearline.stream.pipeline import PublishStage
 
         kafka_io.configure_security(self.cfg.kafka)  # this DoFn may run in another process (Flink workers)
         ensure_snapshot_topic(self.bootstrap, self.cfg)  # log-compacted; auto-creation would not compact it
-        from nearline.embedding_messages import ensure_embedding_topic
+        from nearline.io.embedding_messages import ensure_embedding_topic
 
         ensure_embedding_topic(self.bootstrap, self.cfg)  # log-compacted too (full state + null tombstones)
         self.producer = kafka_io.make_producer(self.bootstrap, self.cfg.kafka.producer_linger_ms)
@@ -127,8 +127,8 @@ class CommitOffsetsFn(beam.DoFn):
         self.cfg, self.bootstrap = cfg, bootstrap
 
     def setup(self):
-        from nearline import kafka_io
-        from nearline.pipeline import CommitStage
+        from nearline.io import kafka_io
+        from nearline.stream.pipeline import CommitStage
 
         kafka_io.configure_security(self.cfg.kafka)
         self.consumer = kafka_io.make_consumer(self.bootstrap, self.cfg.kafka.consumer_group)
@@ -144,7 +144,7 @@ class CommitOffsetsFn(beam.DoFn):
 
 
 def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None:
-    from nearline import kafka_io
+    from nearline.io import kafka_io
 
     topics = cfg.input_topics()
     if cfg.job.io == "beam-kafkaio":
@@ -168,11 +168,11 @@ def _read_with_kafkaio(p, cfg: Config, bootstrap: str, topics: list[str]):
     """For Flink/Dataflow: Beam's cross-language ReadFromKafka (needs Java and a job server; NOT runnable
     offline, so not exercised by the tests here). Offsets are committed by KafkaIO when a checkpoint
     finalizes; records are keyed by partition so the same stateful join applies per partition group."""
-    from apache_beam.io.kafka import ReadFromKafka
-
     import time
 
-    from nearline.pipeline import KafkaRecord, RecordBatch
+    from apache_beam.io.kafka import ReadFromKafka
+
+    from nearline.stream.pipeline import KafkaRecord, RecordBatch
 
     return (p
             | "ReadFromKafka" >> ReadFromKafka(

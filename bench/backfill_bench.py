@@ -40,15 +40,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from nearline import kafka_io  # noqa: E402
-from nearline.backfill import RangeReader, batches_with_progress, plan_ranges  # noqa: E402
-from nearline.codec import Codec  # noqa: E402
-from nearline.config import Config, ServicesConfig  # noqa: E402
-from nearline.registry import Registry  # noqa: E402
-from nearline.scoring import run_rows  # noqa: E402
-from nearline.services import LocalServices  # noqa: E402
-from nearline.snapshot import PARTIAL_HEADER, SCHEMA, VERSION_HEADER, ensure_snapshot_topic  # noqa: E402
 from nearline_bench import make_registry  # noqa: E402
+
+from nearline.config import Config, ServicesConfig  # noqa: E402
+from nearline.inference.scoring import run_rows  # noqa: E402
+from nearline.io import kafka_io  # noqa: E402
+from nearline.io.codec import Codec  # noqa: E402
+from nearline.io.snapshot import PARTIAL_HEADER, SCHEMA, VERSION_HEADER, ensure_snapshot_topic  # noqa: E402
+from nearline.offline.scan import RangeReader, plan_ranges  # noqa: E402
+from nearline.offline.stage import batches_with_progress  # noqa: E402
+from nearline.ops.services import LocalServices  # noqa: E402
+from nearline.registry.packages import Registry  # noqa: E402
 
 
 def random_features(rng, manifest) -> dict:
@@ -70,7 +72,7 @@ def populate(cfg: Config, registry: Path, n: int, seed: int = 1, progress: bool 
 
     from tqdm import tqdm
 
-    from nearline.backfill import BatchProducer
+    from nearline.offline.producer import BatchProducer
 
     good, _ = Registry(registry).load()
     man = {p.manifest.entity_type: p.manifest for p in good if p.manifest.version == "v1"}
@@ -102,8 +104,8 @@ def ceiling(cfg: Config, registry: Path, keys: list[str], batch_size: int, ort_t
     """onnxruntime alone on the backfill's own batches (pre-built tensors), and with the tensor build."""
     import onnxruntime as ort
 
-    from nearline.features import FeatureEncoder, build_feed
-    from nearline.snapshot_columns import decode_snapshots
+    from nearline.offline.snapshot_columns import decode_snapshots
+    from nearline.registry.features import FeatureEncoder, build_feed
 
     good, _ = Registry(registry).load()
     pk = {p.manifest.key: p for p in good if p.manifest.key in keys}
@@ -153,9 +155,9 @@ def io_floor(cfg: Config, registry: Path, keys: list[str], batch_size: int) -> d
     vectors of the towers' widths, into a wiped Redis, as a rebuild) and the Kafka sends of full-state
     messages of those sizes (BatchProducer). Every backfill does at least this, so backfill/ORT-alone
     cannot exceed io_floor/ORT-alone here, whatever the Python costs."""
-    from nearline.backfill import BatchProducer
-    from nearline.embedding_messages import state_encoder
-    from nearline.store import RedisEmbeddingStore
+    from nearline.io.embedding_messages import state_encoder
+    from nearline.io.store import RedisEmbeddingStore
+    from nearline.offline.producer import BatchProducer
 
     good, _ = Registry(registry).load()
     dims = {p.manifest.key: p.manifest.output_dim for p in good if p.manifest.key in keys}
@@ -226,15 +228,17 @@ class StageTimer:
 
 
 def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int, split: bool = False) -> dict:
-    """The same stages (nearline.backfill.run_range: scan, BackfillStage) in this process without Beam:
+    """The same stages (nearline.offline.stage.run_range: scan, BackfillStage) in this process without Beam:
     what the runner costs. ``split``: also the wall time per stage (StageTimer), with the commit of a
     batch run inline (not overlapped with the next batch's scoring), so that the shares add up."""
-    import nearline.backfill as backfill
-    import nearline.scoring as scoring
-    import nearline.snapshot_columns as snapshot_columns
-    from nearline.backfill import BackfillStage, BatchProducer, RunProgress, run_range
-    from nearline.scoring import ModelSet, RegistryWatcher
-    from nearline.store import RedisEmbeddingStore
+    import nearline.inference.scoring as scoring
+    import nearline.offline.snapshot_columns as snapshot_columns
+    import nearline.offline.stage as backfill_stage
+    from nearline.inference.scoring import ModelSet, RegistryWatcher
+    from nearline.io.store import RedisEmbeddingStore
+    from nearline.offline.producer import BatchProducer
+    from nearline.offline.progress import RunProgress
+    from nearline.offline.stage import BackfillStage, run_range
 
     cfg.models.registry = str(registry)
     store = RedisEmbeddingStore(cfg.redis.url, cfg.redis.key_prefix)
@@ -255,7 +259,7 @@ def plain_loop(cfg: Config, registry: Path, keys: list[str], batch_size: int, sp
         store.write_state_many = timer.wrap("redis_write", store.write_state_many)
         prod.send_batch = timer.wrap("kafka_produce", prod.send_batch)
         for mod, name, label in ((snapshot_columns, "decode_snapshots", "avro_decode"), (scoring, "build_feed", "build_inputs"),
-                                 (scoring, "run_rows", "onnxruntime"), (backfill, "decide", "dedupe")):
+                                 (scoring, "run_rows", "onnxruntime"), (backfill_stage, "decide", "dedupe")):
             saved.append((mod, name, getattr(mod, name)))
             setattr(mod, name, timer.wrap(label, getattr(mod, name)))
     t0 = time.monotonic()

@@ -22,12 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nearline import kafka_io  # noqa: E402
-from nearline.config import Config, ServicesConfig  # noqa: E402
-from nearline.kafka_io import TopicPartition  # noqa: E402
-from nearline.services import LocalServices  # noqa: E402
-
 from bench.nearline_bench import rss_mb  # noqa: E402
+from nearline.config import Config, ServicesConfig  # noqa: E402
+from nearline.io import kafka_io  # noqa: E402
+from nearline.io.kafka_io import TopicPartition  # noqa: E402
+from nearline.ops.services import LocalServices  # noqa: E402
 
 
 def one_broker(kind: str, n: int, size: int, repeat: int) -> dict:

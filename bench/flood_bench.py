@@ -38,8 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nearline.codec import Codec  # noqa: E402
 from nearline.config import Config, LimitsConfig  # noqa: E402
+from nearline.io.codec import Codec  # noqa: E402
 
 C = Codec()
 PROCESSORS = ["title", "skills", "company", "geo"]
@@ -113,10 +113,11 @@ def flood_updates(rng: random.Random, n: int, big_share: float, kb: int, words: 
 
 # ---- the standardizer ------------------------------------------------------------------------------
 def run_standardizer(mode: str, data_dir: Path, args) -> dict:
-    from nearline.deadletter import encode_dead_letter
+    from nearline.core.validate import Limits
+    from nearline.io.deadletter import encode_dead_letter
     from nearline.marketplace.taxonomy import Taxonomies
-    from nearline.standardize import make_processor, standardize_message
-    from nearline.validate import Limits
+    from nearline.standardize.processors import make_processor
+    from nearline.standardize.runner import standardize_message
 
     cfg = config(mode)
     limits = Limits.from_config(cfg)
@@ -155,8 +156,8 @@ def run_standardizer(mode: str, data_dir: Path, args) -> dict:
 
 # ---- the job -----------------------------------------------------------------------------------------
 def run_job(mode: str, data_dir: Path, args) -> dict:
-    from nearline.deadletter import encode_dead_letter
-    from nearline.pipeline import JoinStage, KafkaRecord, RecordBatch
+    from nearline.io.deadletter import encode_dead_letter
+    from nearline.stream.pipeline import JoinStage, KafkaRecord, RecordBatch
 
     cfg = config(mode)
     parts = cfg.topics.partitions

@@ -32,13 +32,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nearline import kafka_io  # noqa: E402
-from nearline.codec import Codec  # noqa: E402
 from nearline.config import Config  # noqa: E402
+from nearline.io import kafka_io  # noqa: E402
+from nearline.io.codec import Codec  # noqa: E402
+from nearline.io.store import RedisEmbeddingStore  # noqa: E402
 from nearline.marketplace.generate import MarketplaceSpec, generate  # noqa: E402
 from nearline.marketplace.stream import UpdateStreamer, load_marketplace  # noqa: E402
-from nearline.multidc import MultiDCServices  # noqa: E402
-from nearline.store import RedisEmbeddingStore  # noqa: E402
+from nearline.multidc.clusters import MultiDCServices  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 

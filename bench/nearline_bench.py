@@ -34,13 +34,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nearline import kafka_io  # noqa: E402
-from nearline.codec import Codec  # noqa: E402
 from nearline.config import Config, ServicesConfig  # noqa: E402
-from nearline.kafka_io import TopicPartition  # noqa: E402
+from nearline.io import kafka_io  # noqa: E402
+from nearline.io.codec import Codec  # noqa: E402
+from nearline.io.kafka_io import TopicPartition  # noqa: E402
 from nearline.marketplace.generate import MarketplaceSpec, generate  # noqa: E402
 from nearline.marketplace.stream import UpdateStreamer, load_marketplace  # noqa: E402
-from nearline.services import LocalServices  # noqa: E402
+from nearline.ops.services import LocalServices  # noqa: E402
 
 PROCS = ["title", "skills", "company", "geo"]
 
@@ -155,10 +155,10 @@ class Bench:
 
     def baseline(self, cfg: Config, n_updates: int) -> float:
         """The same stages, no Beam: one consumer over every input partition, one batch per poll."""
-        from nearline.pipeline import CommitStage, JoinStage, KafkaRecord, PublishStage, RecordBatch, ScoreStage
-        from nearline.registry import Registry
-        from nearline.scoring import ModelSet, RegistryWatcher
-        from nearline.store import RedisEmbeddingStore
+        from nearline.inference.scoring import ModelSet, RegistryWatcher
+        from nearline.io.store import RedisEmbeddingStore
+        from nearline.registry.packages import Registry
+        from nearline.stream.pipeline import CommitStage, JoinStage, KafkaRecord, PublishStage, RecordBatch, ScoreStage
 
         watcher = RegistryWatcher(Registry(self.registry), cfg.entity_types)
         models = ModelSet(watcher)

@@ -27,10 +27,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from nearline.codec import Codec  # noqa: E402
-from nearline.features import FeatureColumns, FeatureEncoder, build_inputs_columns  # noqa: E402
-from nearline.registry import Manifest  # noqa: E402
-from nearline.snapshot_columns import _arrow_features, _framed, _read_block, decode_snapshots  # noqa: E402
+from nearline.io.codec import Codec  # noqa: E402
+from nearline.offline.snapshot_columns import _arrow_features, _framed, _read_block, decode_snapshots  # noqa: E402
+from nearline.registry.features import FeatureColumns, FeatureEncoder, build_inputs_columns  # noqa: E402
+from nearline.registry.manifest import Manifest  # noqa: E402
+
 # the former per-row builder, kept as the tests' reference: the baseline
 from tests.unit.test_features_columns import reference_build_inputs as per_row_build_inputs  # noqa: E402
 

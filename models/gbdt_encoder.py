@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import EntityTable, _widedeep_data_dir, table_from_rows
-from .sources import register_source
-from .tower import FeatureSpec
+from nearline.models.data import EntityTable, table_from_rows
+from nearline.models.data import widedeep_data_dir as widedeep_data_dir
+from nearline.models.sources import register_source
+from nearline.models.tower import FeatureSpec
 
 
 class GBDTLeafEncoder:
@@ -82,7 +83,7 @@ ADULT_DENSE = ["age", "fnlwgt", "educational-num", "capital-gain", "capital-loss
 
 
 def _adult_frame(path: str | None = None) -> pd.DataFrame:
-    base = Path(path) if path else _widedeep_data_dir()
+    base = Path(path) if path else widedeep_data_dir()
     return pd.read_parquet(base / "adult.parquet.brotli")
 
 
@@ -121,7 +122,7 @@ def adult_source(path: str | None = None, buckets: int = 10, leaves: bool = Fals
 
 
 def _config(seed: int, buckets: int, leaves: bool, rows: int | None, epochs: int):
-    from .multitask import TaskConfig, TrainConfig
+    from nearline.models.multitask import TaskConfig, TrainConfig
 
     tower = {"emb_dim": 8, "widths": [32, 64], "dim": 16, "dropout": 0.1, "norm": "layer"}
     return TrainConfig(source="adult", source_args={"buckets": buckets, "leaves": leaves, "rows": rows},
@@ -134,7 +135,8 @@ def _config(seed: int, buckets: int, leaves: bool, rows: int | None, epochs: int
 def run_comparison(seeds=(7, 8, 9), rows: int | None = None, epochs: int = 8, progress: bool = True) -> dict:
     import torch
 
-    from .multitask import Trainer, auc, load_source
+    from nearline.models.metrics import auc
+    from nearline.models.multitask import Trainer, load_source
 
     torch.set_num_threads(1)
     variants = {"dense as quantile buckets": (10, False), "dense as GBDT leaves": (0, True),

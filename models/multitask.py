@@ -19,7 +19,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +27,7 @@ import yaml
 from torch import nn
 
 from nearline.models.data import EntityTable, encode_rows
+from nearline.models.metrics import auc, log_loss
 from nearline.models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
 
 SIDES = ("member", "job")
@@ -306,22 +306,6 @@ class MultitaskModel(nn.Module):
         return [p for n in names for p in self.modules_by_name[n].parameters()]
 
 
-# ---------------------------------------------------------------- metrics
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Rank-based ROC AUC (ties get average ranks)."""
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def log_loss(labels: np.ndarray, logits: np.ndarray) -> float:
-    p = np.clip(1 / (1 + np.exp(-logits)), 1e-7, 1 - 1e-7)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
-
-
 def task_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
     if kind == "bce":
@@ -492,37 +476,6 @@ class Trainer:
 
 def load_source(cfg: TrainConfig):
     """The config's source (a registered name or module:function, see models/sources.py), checked."""
-    from .sources import load
+    from nearline.models.sources import load
 
     return load(cfg.source, **cfg.source_args)
-
-
-def plot_history(history: list[dict], tasks: list[str], out_dir: Path) -> list[Path]:
-    """One PNG of learning curves per task (train loss, validation AUC and log loss by epoch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    epochs = [h["epoch"] for h in history]
-    for t in tasks:
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-        axes[0].plot(epochs, [h[f"{t}/train_loss"] for h in history], marker="o")
-        axes[0].set_title(f"{t}: train loss")
-        axes[1].plot(epochs, [h[f"{t}/auc"] for h in history], marker="o", label="model")
-        if f"{t}/ceiling_auc" in history[0]:
-            axes[1].axhline(history[0][f"{t}/ceiling_auc"], color="gray", ls="--", label="true affinity (ceiling)")
-        axes[1].set_title(f"{t}: validation AUC")
-        axes[1].legend(fontsize=8)
-        axes[2].plot(epochs, [h[f"{t}/logloss"] for h in history], marker="o", color="tab:red")
-        axes[2].set_title(f"{t}: validation log loss")
-        for a in axes:
-            a.set_xlabel("epoch")
-            a.grid(alpha=0.3)
-        fig.tight_layout()
-        p = out_dir / f"curves_{t}.png"
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
-        paths.append(p)
-    return paths

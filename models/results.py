@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from nearline.models.export import export_tower
-from nearline.models.multitask import Trainer, TrainConfig, load_source, plot_history
+from nearline.models.multitask import TrainConfig, Trainer, load_source
+from nearline.models.plots import plot_history
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .data import SOURCES, EntityTable, _movielens_tables, _widedeep_data_dir
-from .tower import FeatureSpec
+from nearline.models.data import SOURCES, EntityTable
+from nearline.models.data import movielens_tables as movielens_tables
+from nearline.models.data import widedeep_data_dir as widedeep_data_dir
+from nearline.models.tower import FeatureSpec
 
 Source = Callable[..., tuple[dict[str, EntityTable], dict[str, pd.DataFrame]]]
 
@@ -126,11 +128,11 @@ def movielens_protocol_source(path: str | None = None, negatives: int = 4, seed:
     the user never rated are sampled per rating as negatives (in the rating's split). 'liked': the
     ratings, label rating >= 4. User tower: age, gender, occupation, zip region and (by default) the user
     id; movie tower: genres, decade and the movie id."""
-    base = Path(path) if path else _widedeep_data_dir()
+    base = Path(path) if path else widedeep_data_dir()
     ratings = pd.read_parquet(base / "MovieLens100k_data.parquet.brotli")
     users = pd.read_parquet(base / "MovieLens100k_users.parquet.brotli")
     items = pd.read_parquet(base / "MovieLens100k_items.parquet.brotli")
-    tables, _ = _movielens_tables(ratings.iloc[:0], users, items)  # the entity tables only
+    tables, _ = movielens_tables(ratings.iloc[:0], users, items)  # the entity tables only
     utab, itab = tables["member"], tables["job"]
     if user_id_feature:
         n = len(utab.ids)
@@ -155,7 +157,7 @@ def movielens_protocol_source(path: str | None = None, negatives: int = 4, seed:
 def popularity_auc(frame: pd.DataFrame) -> float:
     """AUC of the popularity baseline on a task's test rows: each movie scored by its number of positive
     train rows (the most-liked / most-rated movie first), users ignored."""
-    from .multitask import auc
+    from nearline.models.metrics import auc
 
     train, test = frame[frame.split == "train"], frame[frame.split == "test"]
     pop = train[train.label == 1].groupby("job_idx").size()

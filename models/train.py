@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from nearline.models.export import export_package, parity
-from nearline.models.multitask import Trainer, TrainConfig, load_source, plot_history
-from nearline.registry import Registry
+from nearline.models.multitask import TrainConfig, Trainer, load_source
+from nearline.models.plots import plot_history
+from nearline.registry.packages import Registry
 
 
 def run_training(config_path: Path, out_dir: Path | None = None, version: str | None = None,

@@ -137,7 +137,7 @@ class ServicesConfig:
     """How long `services up` waits for each service to answer (Apache Kafka takes 4-15 s on 2 cores)."""
     schema_registry: bool = False
     """Also start a local schema registry with `services up`: Apicurio Registry (built by `python -m
-    nearline.jars fetch`), serving the Confluent API, in memory (its ids are gone when it stops; every
+    nearline.ops.jars fetch`), serving the Confluent API, in memory (its ids are gone when it stops; every
     process registers its schemas at start-up). While `kafka.schema_registry_url` is empty, every
     `nearline` command using this state dir takes its URL (shown by `services status`), so
     `kafka.wire_format: confluent` works locally without an external registry."""

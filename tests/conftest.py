@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nearline.config import Config, ServicesConfig
-from nearline.services import LocalServices
+from nearline.ops.services import LocalServices
 
 # brokers the Kafka I/O tests run against; everything else runs against Apache Kafka only
 BROKERS = os.environ.get("NEARLINE_TEST_BROKERS", "kafka,noida").split(",")
@@ -67,7 +67,7 @@ def any_broker_bootstrap(request, tmp_path_factory, kafka_bootstrap):
 @pytest.fixture(scope="session")
 def schema_registry_url(tmp_path_factory):
     """A real Confluent-compatible schema registry (Apicurio, in memory) for the session; its ccompat URL."""
-    from nearline.schema_registry_server import SchemaRegistryServer
+    from nearline.ops.schema_registry_server import SchemaRegistryServer
 
     if os.environ.get("NEARLINE_SCHEMA_REGISTRY_URL"):
         yield os.environ["NEARLINE_SCHEMA_REGISTRY_URL"]

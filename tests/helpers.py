@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from nearline.registry import ONNX_FILE, InputFeature, Manifest, sha256_file
+from nearline.registry.manifest import ONNX_FILE, InputFeature, Manifest, sha256_file
 
 FEATURES = {
     # name: (standardizer, vocab, max_len, weighted)

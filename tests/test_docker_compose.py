@@ -18,9 +18,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from nearline import REPO_ROOT, jars
+from nearline import REPO_ROOT
 from nearline.config import load_config
-from nearline.metrics import Metrics, parse_scrape
+from nearline.core.metrics import Metrics, parse_scrape
+from nearline.ops import jars
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 DEPLOY = REPO_ROOT / "deploy"

@@ -16,16 +16,16 @@ import numpy as np
 import onnxruntime as ort
 import yaml
 
-from nearline import kafka_io
-from nearline.codec import Codec
 from nearline.config import Config
-from nearline.embedding_messages import ensure_embedding_topic, read_message
-from nearline.features import build_inputs
+from nearline.io import kafka_io
+from nearline.io.codec import Codec
+from nearline.io.embedding_messages import ensure_embedding_topic, read_message
+from nearline.io.store import RedisEmbeddingStore
 from nearline.marketplace.stream import UpdateStreamer, load_marketplace
 from nearline.marketplace.taxonomy import Taxonomies
-from nearline.registry import Registry
-from nearline.standardize import make_processor
-from nearline.store import RedisEmbeddingStore
+from nearline.registry.features import build_inputs
+from nearline.registry.packages import Registry
+from nearline.standardize.processors import make_processor
 
 PROCESSORS = ["title", "skills", "company", "geo"]
 

@@ -1,7 +1,7 @@
 import pytest
 
-from nearline.config import ConfigError, load_config
 from nearline import REPO_ROOT
+from nearline.config import ConfigError, load_config
 
 
 def test_repo_config_loads_and_names_topics():

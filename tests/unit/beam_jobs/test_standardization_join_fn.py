@@ -11,14 +11,13 @@ from apache_beam.testing.test_stream import TestStream
 
 TestStream.__test__ = False  # not a pytest class
 from apache_beam.testing.util import assert_that, equal_to
-
 from kafka.partitioner.default import murmur2
 
 from nearline.beam_jobs.nearline_job import StandardizationJoinFn
-from nearline.codec import Codec
 from nearline.config import Config
-from nearline.pipeline import KafkaRecord, RecordBatch
-from nearline.registry import Registry
+from nearline.io.codec import Codec
+from nearline.registry.packages import Registry
+from nearline.stream.pipeline import KafkaRecord, RecordBatch
 from tests.helpers import make_package
 
 C = Codec()

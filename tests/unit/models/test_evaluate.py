@@ -13,9 +13,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("lightgbm")
 
 from nearline.models.data import table_from_rows  # noqa: E402
-from nearline.models.evaluate import (EvalData, Embeddings, TwoTowerModel, cross_task_transfer,  # noqa: E402
-                             downstream_lift, feature_importance, rank_agreement)
-from nearline.models.multitask import TaskConfig, Trainer, TrainConfig  # noqa: E402
+from nearline.models.evaluation.downstream import cross_task_transfer, downstream_lift
+from nearline.models.evaluation.importance import feature_importance, rank_agreement
+from nearline.models.evaluation.twotower import Embeddings, EvalData, TwoTowerModel
+from nearline.models.multitask import TaskConfig, TrainConfig, Trainer  # noqa: E402
 from nearline.models.tower import FeatureSpec  # noqa: E402
 
 TOWER = {"emb_dim": 8, "widths": [16, 32], "dim": 8, "dropout": 0.0, "norm": "layer"}
@@ -160,7 +161,7 @@ def test_evaluate_cli_on_a_trained_run_with_a_baseline(marketplace_dir, tmp_path
     run = [sys.executable, "-m", "nearline.cli", "--config", str(tmp_path / "nearline.yaml")]
     # the two versions are trained in-process (`nearline train` itself is tested in test_train_cli.py)
     from nearline.models.train import run_training
-    from nearline.registry import Registry
+    from nearline.registry.packages import Registry
 
     for version, epochs in (("v1", 1), ("v2", 2)):
         cfg["epochs"] = epochs
@@ -192,7 +193,8 @@ def test_evaluate_cli_on_a_trained_run_with_a_baseline(marketplace_dir, tmp_path
     bad = subprocess.run(run + ["evaluate", "member_pyramid@v9"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not registered" in bad.stderr
     # a config whose split differs from the one the model was trained with cannot rebuild its held-out rows
-    from nearline.models.evaluate import EvaluationError, run_evaluation
+    from nearline.models.evaluation.run import run_evaluation
+    from nearline.models.evaluation.twotower import EvaluationError
 
     cfg["split"] = {"kind": "random", "val_fraction": 0.2}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

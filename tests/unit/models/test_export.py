@@ -2,12 +2,12 @@ import json
 
 import numpy as np
 import torch
-import yaml
 
 from nearline.models.export import export_package, parity
 from nearline.models.multitask import Trainer
-from nearline.features import build_inputs
-from nearline.registry import Manifest, Registry, check_package
+from nearline.registry.check import check_package
+from nearline.registry.features import build_inputs
+from nearline.registry.manifest import Manifest
 from tests.unit.models.conftest import tiny_config
 
 

@@ -10,7 +10,7 @@ pytest.importorskip("lightgbm")
 
 from nearline.models.data import table_from_rows  # noqa: E402
 from nearline.models.gbdt_encoder import GBDTLeafEncoder  # noqa: E402
-from nearline.models.multitask import TaskConfig, Trainer, TrainConfig  # noqa: E402
+from nearline.models.multitask import TaskConfig, TrainConfig, Trainer  # noqa: E402
 from nearline.models.tower import FeatureSpec  # noqa: E402
 
 

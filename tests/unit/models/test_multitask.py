@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from nearline.models.multitask import FeatureStore, MultitaskModel, Trainer, auc, unified_schema
+from nearline.models.metrics import auc
+from nearline.models.multitask import FeatureStore, MultitaskModel, Trainer, unified_schema
 from tests.unit.models.conftest import TOWER, tiny_config
 
 

@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nearline.models.data import table_from_rows  # noqa: E402
-from nearline.models.multitask import TaskConfig, Trainer, TrainConfig, load_source  # noqa: E402
+from nearline.models.multitask import TaskConfig, TrainConfig, Trainer, load_source  # noqa: E402
 from nearline.models.sources import check_source, per_user_time_split, resolve_source, sample_unrated  # noqa: E402
 from nearline.models.tower import FeatureSpec  # noqa: E402
 

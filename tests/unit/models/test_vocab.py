@@ -47,8 +47,8 @@ def test_training_with_a_subset_vocabulary_exports_a_servable_map(market_data, t
 
     from nearline.models.export import export_package, parity
     from nearline.models.multitask import Trainer
-    from nearline.features import build_inputs
-    from nearline.registry import Manifest
+    from nearline.registry.features import build_inputs
+    from nearline.registry.manifest import Manifest
     from tests.unit.models.conftest import tiny_config
 
     tables, frames = market_data
