@@ -1,5 +1,5 @@
 """The offline backfill as a Beam batch pipeline. This file only wires transforms; the logic is in
-nearline/backfill.py (scan, version-guarded score-and-write), unit-tested without Beam.
+nearline/offline/stage.py (scan, version-guarded score-and-write), unit-tested without Beam.
 
     Create(partition ranges of the snapshot topic)
       -> BackfillRange (nearline.backfill.run_range: newest entry per entity of one range -> batches:

@@ -8,7 +8,7 @@ in one group: the join needs no shuffle (co-partitioning, as in Kafka Streams).
 
 Checkpointing: the restriction is a poll counter, not a Kafka offset; the job's position is the
 consumer group's committed offsets, which only advance once effects are written (see
-nearline/pipeline.py). A fresh reader seeks to the committed offsets.
+nearline/stream/pipeline.py). A fresh reader seeks to the committed offsets.
 
 Quirks of the FnApiRunner (Beam 2.77.0) designed around here:
 * ``defer_remainder``'s resume delay is ignored: an idle poll blocks instead of spinning a core. The

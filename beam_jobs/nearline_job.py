@@ -1,5 +1,5 @@
 """The nearline embedding job as a Beam streaming pipeline. This file only wires transforms; the logic is
-in nearline/pipeline.py (join, score, dedupe + publish, commit), unit-tested without Beam.
+in nearline/stream/pipeline.py (join, score, dedupe + publish, commit), unit-tested without Beam.
 
     Create(partition groups) -> ReadPartitionGroups (unbounded, kafka-python)
       -> StandardizationJoinFn (stateful per group) -> ScoreEmbeddingsFn (every registered tower, ORT)
@@ -81,7 +81,7 @@ class ScoreEmbeddingsFn(beam.DoFn):
         from nearline.stream.pipeline import ScoreStage
 
         self.stage = ScoreStage(ModelSet(_registry(self.cfg), self.cfg.job.ort_threads))
-        self.backfills = None  # a newly registered version is backfilled (nearline/model_lifecycle.py)
+        self.backfills = None  # a newly registered version is backfilled (nearline/offline/launcher.py)
         if self.cfg.job.backfill_on_register and self.redis_url:
             from nearline.offline.launcher import BackfillLauncher
 

@@ -6,7 +6,7 @@ On N FeatureSnapshot records (random features within the shipped pyramid manifes
 bench/backfill_bench.py makes them, plus ids beyond vocab and max_len), in batches of --batch-size:
 
 1. decode: fastavro record by record (Codec.decode, what the backfill did) against decode_snapshots
-   (nearline/snapshot_columns.py: framing scan + one polars-avro block read + Arrow -> FeatureColumns);
+   (nearline/offline/snapshot_columns.py: framing scan + one polars-avro block read + Arrow -> FeatureColumns);
 2. tensors: the former per-row build_inputs loop (the tests' reference copy) on the decoded dicts, against the
    vectorised build_inputs_columns on decode_snapshots' columns (and, the job's path, from_rows + it);
 3. the baseline: onnxruntime alone on the same tensors and batches (one thread).
@@ -33,7 +33,7 @@ from nearline.registry.features import FeatureColumns, FeatureEncoder, build_inp
 from nearline.registry.manifest import Manifest  # noqa: E402
 
 # the former per-row builder, kept as the tests' reference: the baseline
-from tests.unit.test_features_columns import reference_build_inputs as per_row_build_inputs  # noqa: E402
+from tests.unit.registry.test_features_columns import reference_build_inputs as per_row_build_inputs  # noqa: E402
 
 PACKAGES = ROOT / "models" / "packages"
 

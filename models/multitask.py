@@ -75,7 +75,7 @@ class TrainConfig:
     """{'kind': 'random', 'val_fraction': f[, 'test_fraction': t]}, {'kind': 'time', 'quantile': q[,
     'test_quantile': q2]} (needs a 'time' column; rows after q2 are test) or {'kind': 'column'}: the
     source's own 'split' column (train / val / test), e.g. a per-user time split. Early stopping uses val;
-    test rows are never seen in training (models/evaluate.py and models/results.py report them)."""
+    test rows are never seen in training (models/evaluation/ and models/results.py report them)."""
     features: dict[str, dict[str, dict]] = field(default_factory=dict)
     """Per side, overrides of the source's feature specs (max_len, default_ids, kept_ids, ...)."""
     architecture: dict[str, dict] = field(default_factory=dict)

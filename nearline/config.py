@@ -38,7 +38,7 @@ class TopicsConfig:
     """Each standardizer writes StandardizedFeatures to '<prefix><processor>'."""
     embeddings: str = "entity-embeddings"
     """Output topic of EntityEmbeddings, keyed '<type>:<id>'. Log-compacted (created with
-    cleanup.policy=compact, nearline/embedding_messages.py): each message is the entity's full state,
+    cleanup.policy=compact, nearline/io/embedding_messages.py): each message is the entity's full state,
     a delete is a null-value tombstone with the version in the 'version' header."""
     embeddings_delete_retention_ms: int = 604_800_000
     """delete.retention.ms of the embedding topic: how long a tombstone stays after compaction reaches it.
@@ -52,7 +52,7 @@ class TopicsConfig:
     feature_snapshot: str = "feature-snapshot"
     """Log-compacted FeatureSnapshot topic, keyed '<type>:<id>': each live entity's latest joined features
     (what the towers read), written by the job before it commits; `nearline backfill` scans it. Created
-    with cleanup.policy=compact (nearline/snapshot.py); deletes are null tombstones. Empty: no snapshot
+    with cleanup.policy=compact (nearline/io/snapshot.py); deletes are null tombstones. Empty: no snapshot
     (saves ~100 us of Avro encoding and producing per joined entity; `nearline backfill` then has nothing to read)."""
     partitions: int = 4
     """Partitions of every topic. All input topics MUST have the same count and keying: the job joins
@@ -87,7 +87,7 @@ class KafkaConfig:
     ssl_check_hostname: bool = True
     """Verify that a broker's certificate names the host connected to."""
     wire_format: str = "single-object"
-    """How every message the service writes is framed (nearline/codec.py): 'single-object' (Avro
+    """How every message the service writes is framed (nearline/io/codec.py): 'single-object' (Avro
     single-object encoding, no registry needed) or 'confluent' (0x00 + 4-byte schema id + Avro binary,
     the schemas registered in ``schema_registry_url`` under '<topic>-value'). Readers decode both."""
     schema_registry_url: str = ""
@@ -223,7 +223,7 @@ class JobConfig:
     backfill_on_register: bool = True
     """When the job starts scoring a newly registered version, it launches `nearline backfill --models
     <version>` (a child process, log in <state_dir>/backfill/) so every live entity gets it, not only the
-    ones updated afterwards; unfinished backfills are relaunched at start-up (nearline/model_lifecycle.py)."""
+    ones updated afterwards; unfinished backfills are relaunched at start-up (nearline/offline/launcher.py)."""
     metrics_port: int = 9464
     """HTTP port of /metrics (Prometheus), /healthz and /readyz; 0 disables it."""
     metrics_bind: str = "127.0.0.1"
@@ -260,7 +260,7 @@ class StandardizersConfig:
 
     rejoin_stall_s: float = 10.0
     """A processor without partitions for this long, while its group's committed offsets do not move and
-    input is waiting, replaces its consumer and joins again (nearline/group_watchdog.py: a guard against
+    input is waiting, replaces its consumer and joins again (nearline/io/group_watchdog.py: a guard against
     group joins that kafka-python leaves stuck). Recovery takes about twice this."""
 
     def group(self, processor: str) -> str:

@@ -119,7 +119,7 @@ def cmd_models(args) -> int:
     from nearline.registry.packages import Registry
 
     cfg = _cfg(args)
-    if args.action in ("register", "retire"):  # backfill block: nearline/model_lifecycle.py
+    if args.action in ("register", "retire"):  # backfill block: nearline/offline/launcher.py
         from nearline.cli.model_commands import cli_register, cli_retire
 
         return (cli_register if args.action == "register" else cli_retire)(cfg, args)
@@ -333,7 +333,7 @@ def cmd_get(args) -> int:
     return 0
 
 
-# ---- backfill / rebuild (nearline/backfill.py) ---------------------------------------------------
+# ---- backfill / rebuild (nearline/offline/stage.py) ---------------------------------------------------
 def cmd_backfill(args) -> int:
     from nearline.launch.backfill import run_backfill
     from nearline.offline.progress import BackfillError

@@ -16,7 +16,7 @@ Subscription modes (the embedding topic is keyed by entity, so an entity lives i
   each caches only the entities of its partitions and drops them when a rebalance moves a partition
   away. Use it only when requests are routed to the replica that owns the entity's partition.
 
-The topic (nearline/embedding_messages.py): each message is an entity's full state (it replaces the
+The topic (nearline/io/embedding_messages.py): each message is an entity's full state (it replaces the
 cached set: a version absent from it is removed), a null value (tombstone) deletes the entity, a
 ModelRetired notice drops a model version from every cached entity; an older version never wins.
 

@@ -37,7 +37,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-# one counter per dead-letter reason (nearline/validate.py), e.g. dead_letters_oversize
+# one counter per dead-letter reason (nearline/core/validate.py), e.g. dead_letters_oversize
 from nearline.core.validate import REASONS as _DEAD_LETTER_REASONS  # noqa: E402
 
 log = logging.getLogger("nearline.metrics")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 INT64_MAX = 2**63 - 1
 VERSION_MIN, VERSION_MAX = 0, INT64_MAX
 """The valid range of an update version: a non-negative Avro long. Redis compares versions exactly
-(as decimal strings, nearline/store.py), so every value in the range keeps its order end to end."""
+(as decimal strings, nearline/io/store.py), so every value in the range keeps its order end to end."""
 
 REASONS = {
     "oversize": "message larger than limits.max_message_bytes (refused before decoding)",

@@ -5,7 +5,7 @@ can never accept (a ~1 MB dead letter above the producer's ``max_request_size``)
 fail, forever, and every try re-sent the batch's good records. Now each record's outcome is its own:
 acknowledged records are never sent again, transient failures (broker down, leader moved, timeout)
 are retried with backoff until they succeed or a stop is requested, and permanent ones
-(:func:`nearline.lifecycle.is_permanent`) are handed back so the caller dead-letters them and moves on.
+(:func:`nearline.core.lifecycle.is_permanent`) are handed back so the caller dead-letters them and moves on.
 """
 
 from __future__ import annotations

@@ -7,11 +7,11 @@ The embedding topic is **log-compacted**, keyed ``<entity_type>:<entity_id>``:
   which did). Kafka keeps only the newest message per key, so a delta would lose the versions it did
   not carry; a full-state message makes "the latest message per key" equal to Redis's hash.
 * a delete is a **tombstone**: the key with a null value, the entity version in the ``version`` header
-  (the feature snapshot topic's convention, nearline/snapshot.py). Compaction removes the entity from
+  (the feature snapshot topic's convention, nearline/io/snapshot.py). Compaction removes the entity from
   the topic after ``delete.retention.ms``. ``deleted`` stays in the schema for readers of old
   messages; nothing writes ``deleted=true`` any more.
 * every message has the ``version`` header, so a reader can order records without decoding them.
-* ``ModelRetired`` notices (nearline/model_lifecycle.py) keep their own keys ``_model:<model>@<version>``,
+* ``ModelRetired`` notices (nearline/offline/launcher.py) keep their own keys ``_model:<model>@<version>``,
   one per partition: never superseded by an entity's messages, so compaction keeps them, and they stay
   after every message of their partition that carried the retired version.
 

@@ -53,7 +53,7 @@ end
 """
 
 # ARGV: version, partial flag ("1"/"0"), field, value, ...  A partial result may replace only an older
-# version or a partial one of the same version (see nearline/dedupe.py).
+# version or a partial one of the same version (see nearline/stream/dedupe.py).
 _WRITE = _VCMP + """
 local cur = redis.call('HGET', KEYS[1], '_v')
 if cur then

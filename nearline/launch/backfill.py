@@ -7,7 +7,7 @@ Plain Python, one batch at a time; beam_jobs/backfill_job.py wires it into a Bea
                      SnapshotChunk (a list per attribute, nothing decoded; librdkafka; scan_range is the
                      same with a kafka-python consumer)
     BackfillStage    per batch of entities, prepare: one Redis read -> which versions each entity lacks
-                     -> decode those records together (nearline/snapshot_columns.py) -> score them with the
+                     -> decode those records together (nearline/offline/snapshot_columns.py) -> score them with the
                      job's own ModelSet.score_columns (same tensor builder, same ORT session options, so
                      the bits are identical) -> dedupe; commit: version-guarded Redis writes (the job's
                      CAS, one script call per batch, replying with each hash) -> the written entities'

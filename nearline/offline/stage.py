@@ -60,7 +60,7 @@ class BackfillStage:
     loaded ModelSet; ``chosen`` the model keys to backfill (every registered one for a rebuild).
 
     Column-wise where it pays: the records that are scored are decoded together
-    (nearline/snapshot_columns.py), their tensors built by the job's own vectorised builder and scored
+    (nearline/offline/snapshot_columns.py), their tensors built by the job's own vectorised builder and scored
     by the job's ModelSet.score_columns, one onnxruntime call per model and entity type; the per-entity
     Python left is the version guard's decision and the message bytes."""
 

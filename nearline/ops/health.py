@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from prometheus_client.exposition import MetricsHandler
 
-# one counter per dead-letter reason (nearline/validate.py), e.g. dead_letters_oversize
+# one counter per dead-letter reason (nearline/core/validate.py), e.g. dead_letters_oversize
 from nearline.core.metrics import METRICS, Metrics
 
 log = logging.getLogger("nearline.metrics")

@@ -5,7 +5,7 @@ When NEARLINE_KAFKA_BOOTSTRAP / NEARLINE_REDIS_URL (or the config) name existing
 corresponding local service is not started.
 
 Brokers (see docs/design.md for measurements and quirks):
-  kafka  Apache Kafka (pinned in nearline/jars.py), single node in KRaft combined mode (broker +
+  kafka  Apache Kafka (pinned in nearline/ops/jars.py), single node in KRaft combined mode (broker +
          controller), from the Maven Central jars the setup fetched; data under <state_dir>/kafka-data,
          kept across down/up. The default everywhere: users run Apache Kafka.
   noida  noida-db==0.2.3, a light Kafka-protocol emulator (0.2 s start, 12 MB): the binary inside the

@@ -6,7 +6,7 @@ Two steps, shared by the nearline job and the backfill:
   (per feature: one flat int64 id array, offsets [n+1], weights aligned with the ids), with the reason a
   row does not fit a manifest recorded per row instead of raised. The job builds it from its dict rows
   (:meth:`FeatureColumns.from_rows`); the backfill decodes snapshot records straight into it
-  (nearline/snapshot_columns.py), without a Python object per id.
+  (nearline/offline/snapshot_columns.py), without a Python object per id.
 * :func:`build_feed` turns it into a manifest's ONNX feed with whole-array numpy operations (no Python
   loop per row): truncation to max_len, padding, vocabulary clipping to OOV, kept-id maps, defaults.
 

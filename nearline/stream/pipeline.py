@@ -267,7 +267,7 @@ class PublishStage:
         upserts, deletes, sends, latencies = [], [], [], []
         owners: list[tuple[str, int | None]] = []  # per send: ("up"|"del", index in upserts/deletes or None)
         n_dedup = n_written = n_stale = n_unknown_deletes = 0
-        # the feature snapshot (nearline/snapshot.py): every non-stale version's features, deduped or not,
+        # the feature snapshot (nearline/io/snapshot.py): every non-stale version's features, deduped or not,
         # so a backfill scores exactly the version Redis holds; sent with the batch, before the commit
         snap_topic, snapshots = self.cfg.topics.feature_snapshot, []
         for j, emb in zip(wb.joined, wb.embeddings):

@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import yaml
 
+from nearline import REPO_ROOT
 from nearline.config import Config
 from nearline.io import kafka_io
 from nearline.io.codec import Codec
@@ -54,7 +55,7 @@ class Harness:
             "kafka": {"bootstrap": self.cfg.kafka.bootstrap, "consumer_group": self.cfg.kafka.consumer_group},
             "redis": {"url": self.cfg.redis.url, "key_prefix": self.cfg.redis.key_prefix},
             # replay_timeout_s above a standardizer's worst recovery from a stuck group join (about
-            # 2 x standardizers.rejoin_stall_s, nearline/group_watchdog.py) plus its start-up
+            # 2 x standardizers.rejoin_stall_s, nearline/io/group_watchdog.py) plus its start-up
             "join": {"timeout_s": self.join_timeout_s, "replay_timeout_s": 40.0},
             "job": {"metrics_port": 0, "log_every_s": 2, "registry_poll_s": 0.5, "poll_timeout_ms": 50,
                     "backfill_on_register": self.backfill_on_register},
@@ -235,3 +236,35 @@ def raw_records(cfg: Config, topic: str, timeout_s: float = 30.0) -> list:
     """Every record of the topic as kafka-python ConsumerRecords (key, value: None for a tombstone,
     headers), in partition then offset order."""
     return kafka_io.read_topic(cfg.kafka.bootstrap, topic, cfg.topics.partitions, timeout_s)
+
+
+# the shipped towers
+SHIPPED = [str(REPO_ROOT / "models/packages/member_pyramid/v1"), str(REPO_ROOT / "models/packages/job_pyramid/v1")]
+
+
+def check_live_and_deleted(h: "Harness", must_have: dict[str, set[str]]):
+    """Every live entity holds every version in must_have, equal to onnxruntime on its final features; deleted ones hold none."""
+    state = h.final_state()
+    live = {k: f for k, f in state.items() if f is not None}
+    expected = h.expected_embeddings(live)
+    n_compared = 0
+    for key, fields in state.items():
+        stored = h.stored(key)
+        vecs = {k: np.frombuffer(v, "<f4") for k, v in stored.items() if not k.startswith("_")}
+        if fields is None:
+            assert not vecs, f"deleted {key} still has embeddings {sorted(vecs)}"
+            continue
+        assert "_partial" not in stored, f"{key} holds a partial embedding"
+        need = must_have[key.split(":")[0]]
+        assert need <= set(vecs), f"{key} lacks {need - set(vecs)}"
+        for model, v in vecs.items():
+            if not np.allclose(v, expected[key][model], atol=1e-5):
+                history = [(e.kind, e.record["version"]) for e in h.events if e.key == key]
+                pub = sorted(m["version"] for m in h.topic_records(h.cfg.topics.embeddings)
+                             if f"{m['entity_type']}:{m['entity_id']}" == key)
+                joblog = "\n".join(l for l in h.job_log().splitlines() if "wait" in l or "REFUSED" in l or "registered" in l)
+                raise AssertionError(f"{joblog}\n{key} {model}: stored version {stored.get('_v')} differs from onnxruntime on "
+                                     f"its final features; events {history}; published versions {pub}; "
+                                     f"max diff {np.abs(v - expected[key][model]).max():.3g}")
+            n_compared += 1
+    return n_compared

@@ -15,8 +15,7 @@ from nearline.ops.procs import free_port, pid_alive
 from nearline.ops.services import LocalServices
 from tests.conftest import isolated_config
 from tests.helpers import make_package
-from tests.integration.harness import Harness
-from tests.integration.test_nearline_e2e import SHIPPED, _check_live_and_deleted
+from tests.integration.harness import SHIPPED, Harness, check_live_and_deleted
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,7 +61,7 @@ def test_broker_sigkill_mid_stream_and_restart_on_the_same_data(tmp_path, redis_
         for name, p in h.procs.items():
             assert p.poll() is None, f"{name} exited ({p.returncode}) instead of riding out the broker restart"
         h.stop_all()
-        assert _check_live_and_deleted(h, BASE) > 400
+        assert check_live_and_deleted(h, BASE) > 400
         _assert_every_entity_published(h)
         print(f"broker restarted in {restart_s:.1f}s")
     finally:
@@ -94,5 +93,5 @@ def test_rebalance_between_two_instances_of_one_standardizer_loses_nothing(tmp_p
         h.stop_all()
     log2 = (h.root / "std-geo-2.log").read_text()
     assert "partitions assigned" in log2
-    assert _check_live_and_deleted(h, BASE) > 400
+    assert check_live_and_deleted(h, BASE) > 400
     _assert_every_entity_published(h)

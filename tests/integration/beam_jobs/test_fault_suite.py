@@ -29,8 +29,7 @@ from nearline.ops.procs import free_port
 from nearline.ops.services import LocalServices
 from tests.conftest import isolated_config
 from tests.helpers import make_package
-from tests.integration.harness import Harness
-from tests.integration.test_nearline_e2e import SHIPPED, _check_live_and_deleted
+from tests.integration.harness import SHIPPED, Harness, check_live_and_deleted
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.fault]
 
@@ -132,7 +131,7 @@ def test_fault_suite(tmp_path, marketplace_dir, unique):
         for name, p in h.procs.items():
             assert p.poll() is None, f"{name} exited ({p.returncode})"
         h.stop_all()
-        n = _check_live_and_deleted(h, {"member": {"member_pyramid@v1", "member_tiny@v1"},
+        n = check_live_and_deleted(h, {"member": {"member_pyramid@v1", "member_tiny@v1"},
                                         "job": {"job_pyramid@v1", "job_tiny@v1"}})
         msgs = h.topic_records(cfg.topics.embeddings)
         published = Counter((f"{m['entity_type']}:{m['entity_id']}", m["version"]) for m in msgs)

@@ -6,15 +6,13 @@ import time
 import numpy as np
 import pytest
 
-from nearline import REPO_ROOT
 from nearline.io.codec import Codec
 from tests.conftest import isolated_config
 from tests.helpers import make_package
-from tests.integration.harness import Harness
+from tests.integration.harness import SHIPPED, Harness, check_live_and_deleted
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SHIPPED = [str(REPO_ROOT / "models/packages/member_pyramid/v1"), str(REPO_ROOT / "models/packages/job_pyramid/v1")]
 
 
 def _assert_final_versions_published(h: Harness, published: set) -> None:
@@ -49,31 +47,6 @@ def _assert_latest_message_is_the_redis_state(h: Harness, msgs: list[dict]) -> i
     return n
 
 
-def _check_live_and_deleted(h: Harness, must_have: dict[str, set[str]]):
-    state = h.final_state()
-    live = {k: f for k, f in state.items() if f is not None}
-    expected = h.expected_embeddings(live)
-    n_compared = 0
-    for key, fields in state.items():
-        stored = h.stored(key)
-        vecs = {k: np.frombuffer(v, "<f4") for k, v in stored.items() if not k.startswith("_")}
-        if fields is None:
-            assert not vecs, f"deleted {key} still has embeddings {sorted(vecs)}"
-            continue
-        assert "_partial" not in stored, f"{key} holds a partial embedding"
-        need = must_have[key.split(":")[0]]
-        assert need <= set(vecs), f"{key} lacks {need - set(vecs)}"
-        for model, v in vecs.items():
-            if not np.allclose(v, expected[key][model], atol=1e-5):
-                history = [(e.kind, e.record["version"]) for e in h.events if e.key == key]
-                pub = sorted(m["version"] for m in h.topic_records(h.cfg.topics.embeddings)
-                             if f"{m['entity_type']}:{m['entity_id']}" == key)
-                joblog = "\n".join(l for l in h.job_log().splitlines() if "wait" in l or "REFUSED" in l or "registered" in l)
-                raise AssertionError(f"{joblog}\n{key} {model}: stored version {stored.get('_v')} differs from onnxruntime on "
-                                     f"its final features; events {history}; published versions {pub}; "
-                                     f"max diff {np.abs(v - expected[key][model]).max():.3g}")
-            n_compared += 1
-    return n_compared
 
 
 def test_stream_through_standardizers_and_job(tmp_path, kafka_bootstrap, redis_url, marketplace_dir, unique):
@@ -120,7 +93,7 @@ def test_stream_through_standardizers_and_job(tmp_path, kafka_bootstrap, redis_u
 
     # 1. every live entity's embeddings == onnxruntime on its standardized features; deleted have none
     base = {"member": {"member_pyramid@v1", "member_tiny@v1"}, "job": {"job_pyramid@v1", "job_tiny@v1"}}
-    n = _check_live_and_deleted(h, base)
+    n = check_live_and_deleted(h, base)
     assert n > 500
 
     # 2. the version registered live scores every member upserted after registration
@@ -192,7 +165,7 @@ def test_sigkill_mid_stream_and_restart(tmp_path, kafka_bootstrap, redis_url, ma
         h.stop_all()
     assert "partition group 0: reading" in h.job_log()
     base = {"member": {"member_pyramid@v1", "member_tiny@v1"}, "job": {"job_pyramid@v1", "job_tiny@v1"}}
-    assert _check_live_and_deleted(h, base) > 500
+    assert check_live_and_deleted(h, base) > 500
     msgs = h.topic_records(cfg.topics.embeddings)
     published = {(f"{m['entity_type']}:{m['entity_id']}", m["version"]) for m in msgs}
     _assert_final_versions_published(h, published)

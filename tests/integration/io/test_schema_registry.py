@@ -18,7 +18,7 @@ from nearline.io import kafka_io
 from nearline.io.codec import Codec, SchemaRegistryUnavailable, codec_for
 from nearline.ops.schema_registry_server import SchemaRegistryServer
 from tests.conftest import isolated_config
-from tests.unit.test_codec_confluent import SAMPLES
+from tests.unit.io.test_codec_confluent import SAMPLES
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,7 @@ from nearline.consumers.client import EmbeddingClient
 from nearline.consumers.failover import FailoverReader
 from nearline.multidc.clusters import MultiDCServices
 from tests.helpers import FEATURES, make_package
-from tests.integration.harness import Harness
-from tests.integration.test_nearline_e2e import _check_live_and_deleted
+from tests.integration.harness import Harness, check_live_and_deleted
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -118,7 +117,7 @@ def _wait_caught_up(hs):
 
 
 def _assert_same_end_state(hs):
-    n = [_check_live_and_deleted(h, MUST) for h in hs]
+    n = [check_live_and_deleted(h, MUST) for h in hs]
     assert min(n) > 100
     for key in hs[0].final_state():
         a = {k: v for k, v in hs[0].stored(key).items() if not k.startswith("_")}

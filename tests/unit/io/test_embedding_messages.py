@@ -1,4 +1,4 @@
-"""The embedding topic's message contract (nearline/embedding_messages.py): full-state records, null
+"""The embedding topic's message contract (nearline/io/embedding_messages.py): full-state records, null
 tombstones with a version header, old (delta, deleted=true) messages still read, the topic's configs."""
 
 import io

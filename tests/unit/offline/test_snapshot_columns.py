@@ -1,4 +1,4 @@
-"""decode_snapshots (nearline/snapshot_columns.py) against the record-by-record path it replaces in the
+"""decode_snapshots (nearline/offline/snapshot_columns.py) against the record-by-record path it replaces in the
 backfill, Codec.decode + FeatureColumns.from_rows: the same fields, the same columns (bit for bit), the same
 per-row errors and the same tensors; for single-object and Confluent framing, mixed with older-schema,
 foreign and corrupt records; and corrupt datums never hang or fail the batch."""
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from nearline.io.codec import SCHEMAS_DIR, Codec, CodecError, RegistrySchemas
 from nearline.offline.snapshot_columns import SCANNED_FINGERPRINT, SCHEMA, _framed, decode_snapshots
 from nearline.registry.features import FeatureColumns, build_feed
-from tests.unit.test_features_columns import SHIPPED, assert_same_feed
+from tests.unit.registry.test_features_columns import SHIPPED, assert_same_feed
 
 C = Codec()
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""The columnar, vectorised tensor builder (nearline/features.py) against the per-row builder it replaced,
+"""The columnar, vectorised tensor builder (nearline/registry/features.py) against the per-row builder it replaced,
 kept here as the reference: bitwise equal tensors (dtype and shape included) and the same FeatureShapeError
 texts, for the whole batch and per row, on fuzzed rows of fuzzed and shipped manifests."""
 
@@ -23,7 +23,7 @@ from nearline.registry.manifest import InputFeature, Manifest
 
 
 def reference_build_inputs(manifest, rows, encoders=None):
-    """The per-row builder nearline/features.py had before the columnar one (verbatim)."""
+    """The per-row builder nearline/registry/features.py had before the columnar one (verbatim)."""
     n = len(rows)
     feed = {}
     for f in manifest.inputs:
