@@ -37,13 +37,18 @@ def cmd_services(args) -> int:
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     else:
         st = svc.status()
-        if args.json:
-            print(json.dumps(st))
-        else:
-            for k, v in st.items():
-                print(f"{k:16s} {v}")
+        print_status(st, args.json, 16)
         return 0 if st["kafka_up"] and st["redis_up"] and st.get("schema_registry_up", True) else 1
     return 0
+
+
+def print_status(st: dict, as_json: bool, width: int) -> None:
+    """`services status`: one JSON object, or one aligned line per service."""
+    if as_json:
+        print(json.dumps(st))
+    else:
+        for name, v in st.items():
+            print(f"{name:{width}s} {v}")
 
 
 def _services_multidc(args) -> int:
@@ -61,11 +66,7 @@ def _services_multidc(args) -> int:
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
         return 0
     st = m.status()
-    if args.json:
-        print(json.dumps(st))
-    else:
-        for name, v in st.items():
-            print(f"{name:12s} {v}")
+    print_status(st, args.json, 12)
     ok = st["mirrormaker"]["pid"] and all(v["kafka_up"] and v["redis_up"] for k, v in st.items() if k != "mirrormaker")
     return 0 if ok else 1
 

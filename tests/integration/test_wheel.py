@@ -45,7 +45,7 @@ def test_cli_and_client_work_from_another_directory(wheel_venv, tmp_path):
     assert "member_pyramid" in out.stdout and "job_pyramid" in out.stdout
     out = _run(wheel_venv, tmp_path, "nearline", "models", "check")
     assert out.returncode == 0, out.stdout + out.stderr
-    code = ("import nearline, nearline.codec as c, nearline.client, nearline.models.tower, nearline.beam_jobs.nearline_job;"
+    code = ("import nearline, nearline.io.codec as c, nearline.consumers.client, nearline.models.tower, nearline.beam_jobs.nearline_job;"
             "codec = c.Codec(); rec = {'entity_type': 'job', 'entity_id': 'j1', 'version': 3, 'op': 'DELETE', 'fields': {},"
             " 'event_time': 1}; print(codec.decode(codec.encode('EntityUpdate', rec))['version'], nearline.__file__)")
     out = _run(wheel_venv, tmp_path, "python", "-c", code)

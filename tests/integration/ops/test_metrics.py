@@ -209,5 +209,5 @@ def test_running_job_serves_metrics_and_readiness(kafka_bootstrap, redis_url, un
     # Beam's start-up noise is filtered: nothing but the job's own lines warns at start-up
     assert "apitools" not in text and "may not be deterministic" not in text, text[-3000:]
     warnings = [r for r in records if r["level"] == "WARNING"]
-    assert sum(r["logger"] == "nearline.pipeline" and "dead letter" in r["message"] for r in warnings) == 2
+    assert sum(r["logger"] == "nearline.stream.pipeline" and "dead letter" in r["message"] for r in warnings) == 2
     assert not [r for r in warnings if r["logger"] == "root" or r["logger"].startswith("apache_beam")], warnings
