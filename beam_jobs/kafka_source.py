@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 
 import apache_beam as beam
@@ -39,12 +40,24 @@ from nearline.stream.pipeline import KafkaRecord, RecordBatch
 log = logging.getLogger(__name__)
 
 
+class _CheckpointOnlyTracker(OffsetRestrictionTracker):
+    """A poll counter that only the reader itself may split, to checkpoint (defer_remainder). A runner's
+    dynamic split (Prism asks for them on long bundles) would hand the rest of the counter to a second
+    reader of the same partition group: two readers, duplicate reads, and batches of one group processed
+    out of order."""
+
+    def try_split(self, fraction_of_remainder):
+        if fraction_of_remainder > 0:
+            return None
+        return super().try_split(fraction_of_remainder)
+
+
 class _PollCounter(RestrictionProvider):
     def initial_restriction(self, element):
         return OffsetRange(0, sys.maxsize)
 
     def create_tracker(self, restriction):
-        return OffsetRestrictionTracker(restriction)
+        return _CheckpointOnlyTracker(restriction)
 
     def restriction_size(self, element, restriction):
         return 1
@@ -56,36 +69,75 @@ class _PollCounter(RestrictionProvider):
         return None  # on drain: stop reading
 
 
+_READERS: dict[tuple, dict] = {}
+_READERS_LOCK = threading.Lock()
+
+
+def _readers_of(key: tuple) -> dict:
+    """The process-wide reader state of one source (bootstrap, consumer group, topics); counted per user."""
+    with _READERS_LOCK:
+        shared = _READERS.setdefault(key, {"consumers": {}, "replay_until": {}, "epochs": {}, "seq": {}, "users": 0})
+        shared["users"] += 1
+        return shared
+
+
+def _release_readers(key: tuple) -> bool:
+    """True when the last user of the shared reader state left (its consumers may be closed)."""
+    with _READERS_LOCK:
+        shared = _READERS.get(key)
+        if shared is None:
+            return False
+        shared["users"] -= 1
+        if shared["users"] <= 0:
+            del _READERS[key]
+            return True
+        return False
+
+
 class ReadPartitionGroups(beam.DoFn):
     """element: partition index p -> (p, RecordBatch) per poll."""
 
     def __init__(self, bootstrap: str, topics: list[str], group_id: str, redis_url: str, redis_prefix: str,
                  max_poll_records: int = 1000, poll_timeout_ms: int = 100, groups: int = 1, lag_every_s: float = 5.0,
-                 drain_budget_ms: float = 30.0, security: dict | None = None):
+                 drain_budget_ms: float = 30.0, security: dict | None = None, membership: dict | None = None):
         self.bootstrap, self.topics, self.group_id = bootstrap, topics, group_id
         self.redis_url, self.redis_prefix = redis_url, redis_prefix
         self.max_poll_records, self.lag_every_s, self.drain_budget_ms = max_poll_records, lag_every_s, drain_budget_ms
         self.drain_min_records = max(1, max_poll_records // 10)
         self.security = dict(security or {})  # kafka_io.security_settings(cfg.kafka): TLS/SASL of the consumers
         self.poll_timeout_ms = max(1, poll_timeout_ms // max(1, groups))
+        # job.assignment 'group': {"group": ..., "topic": ...} of the owners group (nearline.io.membership);
+        # None: this instance owns every group it was given (static assignment)
+        self.membership = membership
 
     def setup(self):
         from nearline.io import kafka_io
         from nearline.io.store import ReadMarks, RedisEmbeddingStore
 
         kafka_io._SECURITY.update(self.security)  # this DoFn may run in another process (Flink workers)
-        self._consumers = {}
+        # the open consumers, replay marks and ownership epochs of the partition groups live per process, not
+        # per DoFn instance: a runner that runs bundles on several threads (Prism) may hand a group's next
+        # poll to another instance, which must continue the same consumer, not open a second one
+        shared = _readers_of((self.bootstrap, self.group_id, tuple(self.topics)))
+        self._consumers, self._replay_until = shared["consumers"], shared["replay_until"]
+        self._epochs, self._seq = shared["epochs"], shared["seq"]
         self._next_lag = {}
-        self._replay_until = {}
         self._marks = ReadMarks(RedisEmbeddingStore(self.redis_url, self.redis_prefix), self.group_id)
         self._next_heartbeat = 0.0
+        self._ownership = None
+        if self.membership:
+            from nearline.io.membership import shared_membership
+
+            self._ownership = shared_membership(self.bootstrap, self.membership["group"], self.membership["topic"])
 
     def teardown(self):
-        for c in getattr(self, "_consumers", {}).values():
-            try:
-                c.close(autocommit=False)
-            except Exception:
-                pass
+        if _release_readers((self.bootstrap, self.group_id, tuple(self.topics))):
+            for c in getattr(self, "_consumers", {}).values():
+                try:
+                    c.close(autocommit=False)
+                except Exception:
+                    pass
+            self._consumers.clear()
 
     def _consumer(self, p: int):
         c = self._consumers.get(p)
@@ -107,6 +159,32 @@ class ReadPartitionGroups(beam.DoFn):
             log.info("partition group %d: reading %s from committed offsets", p, [f"{tp.topic}[{tp.partition}]" for tp in tps])
             self._consumers[p] = c
         return c
+
+    def _take_ownership(self, p: int) -> int | None:
+        """None: not ours (any open consumer of the group is closed). Else the ownership epoch of the group; a
+        new one (a first poll, or the group assigned here again) reopens the consumer at the committed
+        offsets and restarts the batch sequence, and the join drops what it held for the group."""
+        epoch = 0
+        if self._ownership is not None:
+            if not self._ownership.owns(p):
+                self._release(p)
+                return None
+            epoch = self._ownership.epoch(p)
+        if self._epochs.get(p) != epoch:
+            self._release(p)
+            self._epochs[p] = epoch
+            self._seq[p] = 0
+        return epoch
+
+    def _release(self, p: int) -> None:
+        self._epochs.pop(p, None)
+        c = self._consumers.pop(p, None)
+        if c is not None:
+            log.info("partition group %d: released", p)
+            try:
+                c.close(autocommit=False)
+            except Exception:
+                pass
 
     @staticmethod
     def _committed(c, tp):
@@ -178,6 +256,11 @@ class ReadPartitionGroups(beam.DoFn):
             return
         if not tracker.try_claim(pos):
             return
+        epoch = self._take_ownership(p)
+        if epoch is None:  # another instance owns this group now
+            time.sleep(self.poll_timeout_ms / 1000)
+            tracker.defer_remainder(Duration.of(0))
+            return
         c = self._consumer(p)
         t_poll = time.time()
         polled = self._drain(c)
@@ -194,5 +277,7 @@ class ReadPartitionGroups(beam.DoFn):
             # recorded before anything downstream acts on these records
             self._marks.save({(tp.topic, tp.partition): msgs[-1].offset for tp, msgs in polled.items() if msgs})
         self._report_lag(p, c)
-        yield p, RecordBatch(records, time.time())
+        seq = self._seq.get(p, 0)
+        self._seq[p] = seq + 1
+        yield p, RecordBatch(records, time.time(), epoch=epoch, seq=seq)
         tracker.defer_remainder(Duration.of(0))

@@ -15,10 +15,7 @@ from __future__ import annotations
 import logging
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.worker.statecache import CacheAware
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from nearline.beam_jobs.kafka_source import ReadPartitionGroups
 from nearline.config import Config
@@ -33,43 +30,37 @@ def _registry(cfg: Config):
     return RegistryWatcher(Registry(cfg.path(cfg.models.registry)), cfg.entity_types, cfg.job.registry_poll_s)
 
 
-class GroupStateHolder(CacheAware):
-    """Beam's state cache measures every cached value's deep size on each write (objsize walks the whole
-    object graph: 12% of the job's CPU with a few thousand pending joins, growing with the state). There
-    are only as many of these as partition groups, so report no referents and skip the walk."""
-
-    def __init__(self, state):
-        self.state = state
-
-    def get_referents_for_cache(self):
-        return []
-
-
 class StandardizationJoinFn(beam.DoFn):
-    STATE = ReadModifyWriteStateSpec("partition_group", PickleCoder())
+    """(group, RecordBatch) -> WorkBatch per batch, in poll order. The join's state is the process's, one lock
+    per group (nearline.stream.group_state: why not Beam state)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
 
     def setup(self):
+        from nearline.stream.group_state import group_states
         from nearline.stream.pipeline import JoinStage
 
         self.stage = JoinStage(self.cfg)
         self.watcher = _registry(self.cfg)
         self.watcher.poll(force=True)
-        self.completed = {}
+        self.groups = group_states(self.cfg.kafka.consumer_group)
         log.info("join setup: waiting for %s", {t: sorted(p) for t, p in self.watcher.required().items()})
 
-    def process(self, element, state=beam.DoFn.StateParam(STATE)):
+    def process(self, element):
         group, batch = element
         self.watcher.poll()
-        held = state.read()
-        st = held.state if held is not None else self.stage.new_state(self.watcher.required())
-        # the LRU of completed versions lives in this instance, not in Beam state (see StandardizationJoin)
-        st.join.completed = self.completed.setdefault(group, st.join.completed)
-        wb = self.stage.run(st, group, batch, self.watcher.required())
-        state.write(GroupStateHolder(st))
-        yield wb
+        required = self.watcher.required()
+        with self.groups.lock(group):
+            st = self.groups.get(group, lambda: self.stage.new_state(required))
+            ready, new_reader = st.sequencer.offer(batch)  # in poll order, whatever order the runner delivers
+            if new_reader:  # the group was reassigned and came back: what the join held is another reader's
+                fresh = self.stage.new_state(required)
+                fresh.sequencer = st.sequencer
+                st = fresh
+                self.groups.replace(group, st)
+            out = [self.stage.run(st, group, b, required) for b in ready]
+        yield from out
 
 
 class ScoreEmbeddingsFn(beam.DoFn):
@@ -150,18 +141,31 @@ def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None
     if cfg.job.io == "beam-kafkaio":
         records = _read_with_kafkaio(p, cfg, bootstrap, topics)
     else:
+        groups, membership = partition_groups(cfg)
         records = (p
-                   | "PartitionGroups" >> beam.Create(list(range(cfg.topics.partitions)))
+                   | "PartitionGroups" >> beam.Create(groups)
                    | "ReadKafka" >> beam.ParDo(ReadPartitionGroups(
                        bootstrap, topics, cfg.kafka.consumer_group, redis_url, cfg.redis.key_prefix,
-                       cfg.job.max_poll_records, cfg.job.poll_timeout_ms, groups=cfg.topics.partitions,
-                       drain_budget_ms=cfg.job.drain_budget_ms, security=kafka_io.security_settings(cfg.kafka))))
+                       cfg.job.max_poll_records, cfg.job.poll_timeout_ms, groups=len(groups),
+                       drain_budget_ms=cfg.job.drain_budget_ms, security=kafka_io.security_settings(cfg.kafka),
+                       membership=membership)))
     batches = (records
                | "StandardizationJoin" >> beam.ParDo(StandardizationJoinFn(cfg))
                | "ScoreEmbeddings" >> beam.ParDo(ScoreEmbeddingsFn(cfg, bootstrap, redis_url))
                | "PublishEmbeddings" >> beam.ParDo(PublishEmbeddingsFn(cfg, bootstrap, redis_url)))
     if cfg.job.io == "kafka-python":
         batches | "CommitOffsets" >> beam.ParDo(CommitOffsetsFn(cfg, bootstrap))
+
+
+def partition_groups(cfg: Config) -> tuple[list[int], dict | None]:
+    """(the partition groups this instance reads, the owners group of job.assignment 'group' or None)."""
+    from nearline.stream.assignment import static_groups
+
+    if cfg.job.assignment == "group":
+        # every group gets a reader; each reads only while Kafka's group protocol assigns it here
+        return list(range(cfg.topics.partitions)), {"group": f"{cfg.kafka.consumer_group}.owners",
+                                                    "topic": cfg.topics.entity_updates}
+    return static_groups(cfg.topics.partitions, cfg.job.instance, cfg.job.instances), None
 
 
 def _read_with_kafkaio(p, cfg: Config, bootstrap: str, topics: list[str]):
@@ -192,9 +196,11 @@ def pipeline_options(cfg: Config, beam_args: list[str] | None = None) -> Pipelin
     return PipelineOptions(args)
 
 
-def run(cfg: Config, bootstrap: str, redis_url: str, beam_args: list[str] | None = None) -> None:
-    """Blocks until STOP is set (SIGINT/SIGTERM in `nearline run`) or the pipeline fails."""
-    if cfg.job.runner == "FnApiRunner":
+def run(cfg: Config, bootstrap: str, redis_url: str, beam_args: list[str] | None = None,
+        runner: str | None = None) -> None:
+    """Blocks until STOP is set (SIGINT/SIGTERM in `nearline run`) or the pipeline fails. ``runner``: the
+    effective Beam runner class name when ``beam_args`` already chose it (nearline.launch.runners)."""
+    if (runner or cfg.job.runner) == "FnApiRunner":
         from nearline.beam_jobs import runner_patches
 
         runner_patches.apply()

@@ -9,11 +9,8 @@ The FnApiRunner was built for finite pipelines. Running forever exposes one leak
   consolidation would recurse through the whole chain. The patch consolidates eagerly into a list, whose
   size is bounded by the number of distinct metrics.
 
-A second one is a cost, not a leak: ``StateCache.put`` sizes every cached state value with
-``objsize.get_deep_size``, which rebuilds an exclude set over all loaded modules' globals on every call
-(about 3 ms, 9% of the job's CPU at 300 updates/s, even for our state holder that declares no
-referents). The patch sizes values made only of ``CacheAware`` objects that declare no referents
-shallowly, and leaves every other value to the original function.
+(The job keeps no Beam state, so the state cache's sizing cost that an earlier patch worked around no
+longer arises: see nearline/stream/group_state.py.)
 
 Applied only to the exact Beam version it was written against; any other version logs a warning and runs
 unpatched (re-check the runner before bumping the pin in pyproject.toml).
@@ -22,7 +19,6 @@ unpatched (re-check the runner before bumping the pin in pyproject.toml).
 from __future__ import annotations
 
 import logging
-import sys
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +30,6 @@ def eager_consolidate(metrics):
     from apache_beam.metrics.monitoring_infos import consolidate
 
     return list(consolidate(metrics))
-
-
-def make_shallow_sizer(original):
-    from apache_beam.runners.worker.statecache import CacheAware
-
-    def get_deep_size(*objs):
-        items = []
-        for o in objs:
-            items.extend(o if isinstance(o, (list, tuple)) else [o])
-        if items and all(isinstance(i, CacheAware) and not i.get_referents_for_cache() for i in items):
-            return sum(sys.getsizeof(i) for i in items) + sum(sys.getsizeof(o) for o in objs)
-        return original(*objs)
-
-    get_deep_size.original = original
-    return get_deep_size
 
 
 def apply() -> bool:
@@ -63,8 +44,5 @@ def apply() -> bool:
                     apache_beam.__version__, PATCHED_FOR)
         return False
     fn_runner.consolidate_monitoring_infos = eager_consolidate
-    from apache_beam.runners.worker import statecache
-
-    statecache.get_deep_size = make_shallow_sizer(statecache.get_deep_size)
     _applied = True
     return True

@@ -203,7 +203,20 @@ class DedupeConfig:
 @dataclass
 class JobConfig:
     runner: str = "FnApiRunner"
-    """Beam runner. The local default is Python's FnApiRunner in streaming mode."""
+    """Beam runner of `nearline run`: FnApiRunner (Python's, in this process; the local default) or PrismRunner
+    (Beam's portable Go runner, built by scripts/setup.sh). `nearline run --runner fnapi|prism` overrides it."""
+    prism_binary: str = ""
+    """Path of the Prism binary; empty: NEARLINE_PRISM_BINARY, else the one scripts/setup.sh builds into
+    ~/.cache/nearline/prism/v<beam version>/prism."""
+    assignment: str = "static"
+    """How job instances share the partition groups (partition p of every input topic).
+    'static': instance `instance` of `instances` owns the groups p with p % instances == instance (one
+    instance: all of them; a StatefulSet: `nearline run --instance auto`). 'group': Kafka's consumer-group
+    protocol assigns them (group `<kafka.consumer_group>.owners`); instances join and leave at any time."""
+    instances: int = 1
+    """With assignment 'static': how many instances share the partitions (at most topics.partitions)."""
+    instance: int = 0
+    """With assignment 'static': this instance's index, 0..instances-1."""
     io: str = "kafka-python"
     """'kafka-python': the in-process unbounded Kafka reader (works offline, any runner).
     'beam-kafkaio': Beam's cross-language ReadFromKafka/WriteToKafka for Flink/Dataflow deployments
@@ -351,6 +364,10 @@ class Config:
                 raise ConfigError(f"kafka.sasl_username is required with {k.security_protocol}")
         if self.job.io not in ("kafka-python", "beam-kafkaio"):
             raise ConfigError(f"job.io must be 'kafka-python' or 'beam-kafkaio', not {self.job.io!r}")
+        if self.job.assignment not in ("static", "group"):
+            raise ConfigError(f"job.assignment must be 'static' or 'group', not {self.job.assignment!r}")
+        if not 0 <= self.job.instance < max(1, self.job.instances):
+            raise ConfigError(f"job.instance must be in 0..{self.job.instances - 1}, not {self.job.instance}")
         if self.topics.partitions < 1:
             raise ConfigError("topics.partitions must be >= 1")
         if self.dedupe.tolerance < 0:

@@ -98,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("run", help="run the nearline Beam streaming job (Ctrl-C stops it cleanly)")
+    s.add_argument("--runner", choices=["fnapi", "prism"], default=None,
+                   help="Beam runner (default: job.runner): fnapi = Python's FnApiRunner in this process; "
+                        "prism = Beam's portable Prism runner (built by scripts/setup.sh)")
+    s.add_argument("--assignment", choices=["static", "group"], default=None,
+                   help="how instances share the partition groups (default: job.assignment): static = "
+                        "--instance I of --instances N; group = Kafka's consumer-group protocol")
+    s.add_argument("--instances", type=_positive_int, default=None,
+                   help="static assignment: how many job instances share the input partitions")
+    s.add_argument("--instance", default=None,
+                   help="static assignment: this instance's index 0..N-1, or 'auto' (a StatefulSet pod's ordinal "
+                        "from its host name)")
+    s.add_argument("--metrics-port", type=int, default=None,
+                   help="port of /metrics, /healthz, /readyz (default: job.metrics_port; 0: none)")
     s.add_argument("beam_args", nargs="*", help="Beam pipeline options after --, e.g. -- --runner=FlinkRunner")
     s.set_defaults(func=cmd_run)
 
@@ -157,6 +170,14 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, ConfigError):
         return one_line(f"config: {exc}"), 2
     if isinstance(exc, (Unreachable, ServiceError)):
+        return one_line(exc), 1
+    from nearline.io.kafka_io import NotCopartitioned
+    from nearline.launch.runners import RunnerError
+    from nearline.stream.assignment import AssignmentError
+
+    if isinstance(exc, AssignmentError):
+        return one_line(f"assignment: {exc}"), 2
+    if isinstance(exc, (RunnerError, NotCopartitioned)):
         return one_line(exc), 1
     if isinstance(exc, FileNotFoundError):
         text = f"{exc.strerror}: {exc.filename}" if exc.filename else (exc.args[0] if exc.args else str(exc))

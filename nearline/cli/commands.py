@@ -231,22 +231,28 @@ def cmd_run(args) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     cfg = _cfg(args)
+    runner, beam_args = job_runner(cfg, args)
     bootstrap, redis_url = resolve_endpoints(cfg)
     # at start-up a dead dependency is a one-line error in seconds; once running, the job waits for it
     require_kafka(bootstrap)
     require_redis(redis_url)
     try:
         from nearline.io.embedding_messages import ensure_embedding_topic
+        from nearline.io.kafka_io import check_copartitioned
 
         ensure_embedding_topic(bootstrap, cfg)  # log-compacted: first, before the generic create
         ensure_topics(bootstrap, cfg.all_topics(), cfg.topics.partitions, cfg.topics.replication_factor)
+        check_copartitioned(bootstrap, cfg.input_topics(), cfg.topics.partitions)
         j = cfg.job
         serve_metrics(j.metrics_port, bind=j.metrics_bind, readiness=Readiness(
             bootstrap, redis_url, max_lag=j.ready_max_lag, max_stall_s=j.ready_max_stall_s))
         metrics.start_logger(cfg.job.log_every_s)
-        log.info("nearline job: kafka %s, redis %s, runner %s, metrics http://%s:%s/metrics (/healthz, /readyz)",
-                 bootstrap, redis_url, cfg.job.runner, j.metrics_bind, j.metrics_port)
-        nearline_job.run(cfg, bootstrap, redis_url, args.beam_args)
+        groups, _ = nearline_job.partition_groups(cfg)
+        log.info("nearline job: kafka %s, redis %s, runner %s, partition groups %s, metrics http://%s:%s/metrics "
+                 "(/healthz, /readyz)", bootstrap, redis_url, runner,
+                 f"{groups} (instance {j.instance} of {j.instances})" if j.assignment == "static"
+                 else f"assigned by consumer group {cfg.kafka.consumer_group}.owners", j.metrics_bind, j.metrics_port)
+        nearline_job.run(cfg, bootstrap, redis_url, beam_args, runner=runner)
     except Exception as exc:
         if STOP.is_set() and (isinstance(exc, StopRequested) or "stop requested" in str(exc)):
             log.info("stopped while waiting for Kafka/Redis; the unfinished batch was not committed and "
@@ -255,6 +261,34 @@ def cmd_run(args) -> int:
         raise
     log.info("stopped")
     return 0
+
+
+def job_runner(cfg, args) -> tuple[str, list[str]]:
+    """Apply `nearline run`'s options to cfg.job; (effective runner class name, Beam arguments)."""
+    from nearline.launch.runners import beam_args as runner_args
+    from nearline.stream.assignment import instance_from_hostname, static_groups
+
+    j = cfg.job
+    if args.runner:
+        j.runner = args.runner
+    if args.assignment:
+        j.assignment = args.assignment
+    if args.instances is not None:
+        j.instances = args.instances
+    if args.instance is not None:
+        j.instance = instance_from_hostname() if args.instance == "auto" else _instance_index(args.instance)
+    if args.metrics_port is not None:
+        j.metrics_port = args.metrics_port
+    if j.assignment == "static":
+        static_groups(cfg.topics.partitions, j.instance, j.instances)  # a bad pair is a one-line error now
+    return runner_args(j.runner, args.beam_args, j.prism_binary)
+
+
+def _instance_index(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--instance must be a number or 'auto', not {text!r}") from None
 
 
 def cmd_tail(args) -> int:

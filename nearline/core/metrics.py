@@ -55,6 +55,10 @@ COUNTERS = {
     "duplicates": "duplicate input messages ignored by the join",
     "replay_timeouts": "joins of messages re-read after a restart that did not complete",
     "replays_released": "of those, versions already written before the restart (released)",
+    "replays_resolved_before_restart": "of those, fragments whose EntityUpdate was committed before the restart "
+                                       "(resolved then: completed, deduped or superseded; released)",
+    "fragments_superseded": "standardized features without their EntityUpdate whose entity Redis holds at a newer "
+                            "version (superseded, e.g. created and deleted at once; released, not dead-lettered)",
     "stale": "input messages older than the version already joined",
     "deletes": "entity deletes applied",
     "embeddings_computed": "embeddings computed (entity x model version)",

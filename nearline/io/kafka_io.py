@@ -195,6 +195,28 @@ def await_partitions(bootstrap: str, topics: list[str], timeout_s: float = 15.0)
     return missing
 
 
+class NotCopartitioned(RuntimeError):
+    """Input topics with different partition counts: an entity's update and its features could land in
+    different partition groups, and no instance would see both."""
+
+
+def check_copartitioned(bootstrap: str, topics: list[str], expected: int, timeout_s: float = 15.0) -> None:
+    """Every input topic has ``expected`` partitions (topics.partitions), or NotCopartitioned says which differ
+    and what to do. The join relies on it: partition p of every input topic is one partition group."""
+    probe = make_consumer(bootstrap, None)
+    try:
+        counts = {t: len(partitions_of(probe, t, timeout_s=timeout_s)) for t in topics}
+    finally:
+        probe.close()
+    wrong = {t: n for t, n in counts.items() if n != expected}
+    if wrong:
+        raise NotCopartitioned(
+            f"input topics must all have topics.partitions={expected} partitions (co-partitioned by entity), but "
+            + ", ".join(f"{t} has {n}" for t, n in sorted(wrong.items()))
+            + ": recreate them, or add partitions to match (kafka-topics --alter --partitions), then restart "
+              "every producer so that keys hash the same way")
+
+
 def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition], attempts: int = 20,
                 timeout_ms: int = 10_000) -> dict[TopicPartition, int]:
     """consumer.end_offsets, with a timeout (without one kafka-python blocks forever while the broker is

@@ -8,8 +8,9 @@ job restarts or concurrent writers. Versions are compared exactly, as decimal st
 doubles, exact only below 2**53: 2**53 would have overwritten 2**53+1); the valid range is
 [0, 2**63-1] (nearline.validate.VERSION_MAX), enforced here and in the job's input checks.
 
-A delete of an entity Redis holds nothing for writes nothing (no marker): no older upsert of it can be
-pending, since upserts and deletes of one entity share a partition and are applied in version order.
+A delete always leaves its marker, also for an entity Redis holds nothing for (a create and delete that
+came together, or a Redis emptied and rebuilt): an older upsert of it can still arrive later (a producer
+retry, a mirrored or re-read message), and the marker is what refuses it.
 
 :class:`DataLossDetector` keeps a sentinel key in Redis and notices when it disappears (Redis restarted
 empty, FLUSHALL): every embedding and delete marker written before is then gone.
@@ -69,8 +70,7 @@ return 1
 
 _DELETE = _VCMP + """
 local cur = redis.call('HGET', KEYS[1], '_v')
-if not cur then return 0 end
-if vcmp(cur, ARGV[1]) > 0 then return 0 end
+if cur and vcmp(cur, ARGV[1]) > 0 then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], '_v', ARGV[1], '_deleted', '1')
 return 1

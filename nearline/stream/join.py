@@ -104,10 +104,12 @@ class Released:
 
 @dataclass
 class ReplayTimeout:
-    """A join made only of messages a previous run had read timed out. After a restart, offsets are
-    committed per partition, so a version already processed can be re-read in part and never complete.
-    It must not be scored with defaults; the caller checks whether the version is already written
-    (release) or not (dead-letter with the reason)."""
+    """A join that timed out and must not be scored: one made only of messages a previous run had read
+    (``replayed``: after a restart, offsets are committed per partition, so a version already processed
+    can be re-read in part and never complete), or standardized features whose EntityUpdate never came
+    (``replayed`` False; ``error`` says so). The caller asks Redis: a version already written, or
+    superseded by a newer one (a newer write or a delete marker), is released and counted; else it is
+    dead-lettered with the reason."""
 
     key: str
     entity_type: str
@@ -116,6 +118,8 @@ class ReplayTimeout:
     missing: list[str]
     raw: RawRef
     sources: list[Source]
+    replayed: bool = True
+    error: str = ""
 
 
 @dataclass
@@ -355,9 +359,11 @@ class StandardizationJoin:
             if not entry.sources:  # only refused outputs, already dead-lettered: nothing more to say
                 return Released("refused_only", [])
             self.counters["features_without_update"] += 1
-            return JoinDeadLetter(entry.first_raw, f"features_without_update: standardized features of {entry.key} "
-                                  f"version {entry.version} ({', '.join(sorted(entry.processors))}) had no EntityUpdate "
-                                  f"within {self.timeout_s:g}s", entry.sources, reason="features_without_update")
+            return ReplayTimeout(entry.key, entry.entity_type, entry.entity_id, entry.version, missing,
+                                 entry.first_raw, entry.sources, replayed=False, error=(
+                                     f"features_without_update: standardized features of {entry.key} version "
+                                     f"{entry.version} ({', '.join(sorted(entry.processors))}) had no EntityUpdate "
+                                     f"within {self.timeout_s:g}s"))
         if self.policy == "partial":
             self.counters["joins_partial"] += 1
             joined = Joined(entry.key, entry.entity_type, entry.entity_id, entry.version, dict(entry.features), True,

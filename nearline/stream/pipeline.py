@@ -45,6 +45,7 @@ from nearline.io.snapshot import snapshot_send, tombstone_send
 from nearline.io.store import DataLossDetector
 from nearline.stream.dedupe import decide
 from nearline.stream.join import Deleted, JoinDeadLetter, Joined, RawRef, ReplayTimeout, StandardizationJoin
+from nearline.stream.ordering import BatchSequencer
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ class RecordBatch:
 
     records: list[KafkaRecord]
     polled_at: float
+    # which reader of the group polled it (the ownership epoch: a new one after a start or a reassignment)
+    # and its place in that reader's sequence: the join takes a group's batches in this order
+    # (nearline.stream.ordering), whatever order a runner delivers them in
+    epoch: int = 0
+    seq: int = 0
 
 
 @dataclass
@@ -96,6 +102,7 @@ class PartitionGroupState:
 
     join: StandardizationJoin
     tracker: OffsetTracker
+    sequencer: BatchSequencer = field(default_factory=BatchSequencer)
 
 
 class JoinStage:
@@ -294,18 +301,12 @@ class PublishStage:
         for dl in wb.deleted:
             cur = view[(dl.entity_type, dl.entity_id)]
             if cur[0] is None:
-                # Redis holds nothing for it: no marker (no older upsert of it can be pending: its
-                # upserts share this partition and come in version order), but the tombstones still go
-                # out: a message of it may be on the topics without having reached Redis (a crash
-                # between the Kafka and the Redis write, then a replay that joined only the delete),
-                # and the newest record per key must say "absent" like Redis does
+                # Redis holds nothing for it: the delete still leaves its marker (_v, _deleted), so that an
+                # older upsert replayed later (a producer retry, a mirrored or re-read message) is refused by
+                # the version guard and a re-read fragment of an older version resolves as superseded, and a
+                # rebuild of an emptied Redis restores it like any other delete
                 n_unknown_deletes += 1
-                if snap_topic:
-                    snapshots.append(tombstone_send(snap_topic, dl.key, dl.version))
-                sends.append(embedding_tombstone_send(self.cfg.topics.embeddings, dl.key, dl.version))
-                owners.append(("del", None))
-                continue
-            if dl.version < cur[0]:
+            elif dl.version < cur[0]:
                 n_stale += 1
                 continue
             cur[0], cur[1], cur[2] = dl.version, False, {}
@@ -342,10 +343,23 @@ class PublishStage:
         if not wb.replay_timeouts:
             return
         versions = self.store.written_versions([(r.entity_type, r.entity_id) for r in wb.replay_timeouts])
-        released = 0
+        released = superseded = resolved_before = 0
         for r, (sv, sp) in zip(wb.replay_timeouts, versions):
             if sv is not None and (sv > r.version or (sv == r.version and not sp)):
-                released += 1
+                # written already, or superseded by a newer write or delete marker: nothing lost
+                if r.replayed:
+                    released += 1
+                else:
+                    superseded += 1
+                continue
+            if not r.replayed:
+                wb.dead_letters.append(DeadLetterOut(r.raw, "nearline.join", r.error, "features_without_update"))
+                continue
+            if "<EntityUpdate>" in r.missing:
+                # the fragment was read before the restart but its EntityUpdate was not re-read: the update's
+                # offset was committed, which happens only after its join was resolved and its effect written
+                # (completed, deduped as unchanged, or superseded): a leftover, not a loss
+                resolved_before += 1
                 continue
             wb.dead_letters.append(DeadLetterOut(r.raw, "nearline.join", (
                 f"replay_incomplete: join of {r.key} version {r.version} re-read after a restart did not complete within "
@@ -353,6 +367,8 @@ class PublishStage:
                 f"processed before the restart without a write (unchanged embedding) or its standardizers are down"),
                 "replay_incomplete"))
         self.metrics.inc("replays_released", released)
+        self.metrics.inc("fragments_superseded", superseded)
+        self.metrics.inc("replays_resolved_before_restart", resolved_before)
 
     def _dead_letter_send(self, d: DeadLetterOut) -> tuple[str, bytes | None, bytes]:
         r = d.raw

@@ -109,23 +109,25 @@ class Harness:
                 raise AssertionError(f"standardizers {[p for p in processors if not settled(p)]} not assigned after {timeout}s")
             time.sleep(0.2)
 
-    def start_job(self):
-        return self._spawn("job", ["run"])
+    def start_job(self, name: str = "job", args: tuple[str, ...] = ()):
+        """`nearline run` as process ``name`` (log <root>/<name>.log); ``args``: run's options, e.g.
+        ("--instance", "1", "--instances", "2") or ("--runner", "prism")."""
+        return self._spawn(name, ["run", *args])
 
-    def job_log(self) -> str:
-        return (self.root / "job.log").read_text(errors="replace")
+    def job_log(self, name: str = "job") -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
 
-    def wait_log(self, text: str, timeout: float = 60) -> None:
+    def wait_log(self, text: str, timeout: float = 60, name: str = "job") -> None:
         deadline = time.monotonic() + timeout
-        while text not in self.job_log():
-            if self.procs["job"].poll() is not None:
-                raise AssertionError(f"job exited ({self.procs['job'].returncode}):\n{self.job_log()[-3000:]}")
+        while text not in self.job_log(name):
+            if self.procs[name].poll() is not None:
+                raise AssertionError(f"{name} exited ({self.procs[name].returncode}):\n{self.job_log(name)[-3000:]}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not in job log after {timeout}s:\n{self.job_log()[-3000:]}")
+                raise AssertionError(f"{text!r} not in {name} log after {timeout}s:\n{self.job_log(name)[-3000:]}")
             time.sleep(0.2)
 
-    def kill_job(self, sig=signal.SIGKILL):
-        p = self.procs.pop("job")
+    def kill_job(self, sig=signal.SIGKILL, name: str = "job"):
+        p = self.procs.pop(name)
         os.killpg(p.pid, sig)
         p.wait(timeout=30)
 

@@ -1,6 +1,6 @@
 """Issue 13 against a real Apache Kafka broker and real Redis: permanent publish errors are dead-lettered
 (not retried forever), dead letters always fit, versions are exact up to 2**63-1 in the Redis CAS,
-deletes of unknown entities leave no marker, and an emptied Redis is noticed."""
+deletes of unknown entities leave their marker too, and an emptied Redis is noticed."""
 
 import shutil
 import subprocess
@@ -96,10 +96,12 @@ def test_publish_stage_goes_on_past_a_huge_dead_letter(kafka_bootstrap, redis_ur
         assert store.get("member", "a")["m@v1"] == vec(1, 2)
         c = metrics.snapshot()["counters"]
         assert c["dead_letters"] == 1 and c["dead_letters_oversize"] == 1
-        # a delete of an entity Redis never held: no marker, counted; a tombstone still goes out (a message
-        # of it may be on the topic without having reached Redis: a crash between the two writes)
+        # a delete of an entity Redis never held: counted, and its marker written (an older upsert replayed
+        # later must be refused); a tombstone goes out too
         st.run(WorkBatch(0, deleted=[Deleted("member:ghost", "member", "ghost", 7, [])]))
-        assert store.get("member", "ghost") == {} and metrics.snapshot()["counters"]["deletes_unknown_entity"] == 1
+        assert store.r.hgetall(store.key("member", "ghost")) == {b"_v": b"7", b"_deleted": b"1"}
+        assert metrics.snapshot()["counters"]["deletes_unknown_entity"] == 1
+        assert store.write([("member", "ghost", 6, {"m@v1": vec(9)})], []) == [False]  # the replayed older upsert
         assert sorted((m["entity_id"], m.get("tombstone", False)) for m in records(cfg, cfg.topics.embeddings)) == \
             [("a", False), ("ghost", True)]
     finally:
@@ -123,8 +125,11 @@ def test_versions_compare_exactly_up_to_int64_max(redis_url, unique):
     for bad in (-1, 2**63, 1.5, True):
         with pytest.raises(ValueError, match="valid range"):
             s.write([("job", "4", bad, {"m@v1": vec(1)})], [])
-    # delete of an entity Redis holds nothing for: no marker
-    assert s.write([], [("job", "never", 3)]) == [False] and s.get("job", "never") == {}
+    # delete of an entity Redis holds nothing for: its marker, which refuses an older upsert afterwards
+    assert s.write([], [("job", "never", 3)]) == [True] and s.get("job", "never") == {"_v": b"3", "_deleted": b"1"}
+    assert s.written_versions([("job", "never")]) == [(3, False)]
+    assert s.write([("job", "never", 2, {"m@v1": vec(1)})], []) == [False]
+    assert s.write([("job", "never", 4, {"m@v1": vec(1)})], []) == [True]   # a newer one recreates it
 
 
 def test_an_emptied_redis_is_detected(tmp_path, caplog):

@@ -76,6 +76,34 @@ def test_tombstones_and_replay_timeouts(stage, kafka_bootstrap):
     assert [d.raw.offset for d in wb.dead_letters] == [12] and "member:e version 3" in wb.dead_letters[0].error
 
 
+def test_timed_out_fragments_are_dead_lettered_only_when_nothing_resolved_them(stage):
+    """No false dead letters: a re-read fragment whose EntityUpdate was committed before the restart, and
+    features without an update whose entity Redis holds at a newer version (a delete marker too), are
+    released and counted; features without an update of an entity Redis knows nothing newer of are not."""
+    st, store, cfg = stage
+    st.run(WorkBatch(0, deleted=[Deleted("member:gone", "member", "gone", 9, [])]))   # never held: a marker
+    raw = RawRef("std.geo", 1, 40, b"member:x", b"\x01", True)
+    fresh = RawRef("std.geo", 1, 41, b"member:x", b"\x01", False)
+    before = st.metrics.snapshot()["counters"]
+    wb = WorkBatch(0, replay_timeouts=[
+        # re-read after a restart, its update committed before it: resolved then (e.g. deduped), released
+        ReplayTimeout("member:u", "member", "u", 5, ["<EntityUpdate>"], raw, []),
+        # re-read, its update re-read too but a standardizer's output missing: a real problem
+        ReplayTimeout("member:w", "member", "w", 5, ["geo"], raw, []),
+        # features after the entity's delete (created and deleted at once): superseded by the marker
+        ReplayTimeout("member:gone", "member", "gone", 8, ["<EntityUpdate>"], fresh, [], replayed=False,
+                      error="features_without_update: gone"),
+        # features of an entity nobody ever updated: dead-lettered
+        ReplayTimeout("member:ghost", "member", "ghost", 3, ["<EntityUpdate>"], fresh, [], replayed=False,
+                      error="features_without_update: ghost")])
+    st.run(wb)
+    assert [(d.reason, d.raw.offset) for d in wb.dead_letters] == [("replay_incomplete", 40), ("features_without_update", 41)]
+    assert "member:w version 5" in wb.dead_letters[0].error and wb.dead_letters[1].error == "features_without_update: ghost"
+    after = st.metrics.snapshot()["counters"]
+    assert after["replays_resolved_before_restart"] - before.get("replays_resolved_before_restart", 0) == 1
+    assert after["fragments_superseded"] - before.get("fragments_superseded", 0) == 1
+
+
 def test_every_message_carries_the_full_state_and_marks_what_changed(stage, kafka_bootstrap):
     st, store, cfg = stage
     st.run(WorkBatch(0, joined=[joined("f", 1)], embeddings=[{"a@v1": vec(1), "b@v1": vec(2)}]))
@@ -102,11 +130,11 @@ def test_a_delete_is_a_null_value_with_its_version_header(stage, kafka_bootstrap
     st, store, cfg = stage
     st.run(WorkBatch(0, joined=[joined("g", 1)], embeddings=[{"a@v1": vec(1)}]))
     st.run(WorkBatch(0, deleted=[Deleted("member:g", "member", "g", 5, [])]))
-    st.run(WorkBatch(0, deleted=[Deleted("member:never", "member", "never", 1, [])]))  # unknown: no marker
+    st.run(WorkBatch(0, deleted=[Deleted("member:never", "member", "never", 1, [])]))  # unknown: a marker too
     recs = raw_records(cfg, cfg.topics.embeddings)
     assert sorted((r.key, r.value is None, dict(r.headers)["version"]) for r in recs) == \
         [(b"member:g", False, b"1"), (b"member:g", True, b"5"), (b"member:never", True, b"1")]
-    assert store.get("member", "never") == {}
+    assert store.get("member", "never") == {"_v": b"1", "_deleted": b"1"} and store.written_versions([("member", "never")]) == [(1, False)]
     # an upsert after the delete starts from an empty state
     st.run(WorkBatch(0, joined=[joined("g", 6)], embeddings=[{"b@v1": vec(2)}]))
     last = [m for m in published(cfg, kafka_bootstrap) if m["entity_id"] == "g"][-1]

@@ -32,7 +32,15 @@ def cfg_with_models(tmp_path, timeout_s=30.0, policy="partial") -> Config:
     cfg.models.registry = str(reg.path)
     cfg.join.timeout_s, cfg.join.timeout_policy = timeout_s, policy
     cfg.join.stall_gap_s = 0.0  # each batch below stands for many idle polls: no gap between them is a stall
+    cfg.kafka.consumer_group = f"join-{tmp_path.name}"  # the join's state is per process and job
     return cfg
+
+
+def numbered(batches):
+    """The source numbers each group's batches in poll order."""
+    for i, b in enumerate(batches):
+        b.seq = i
+    return batches
 
 
 class Feed:
@@ -64,9 +72,10 @@ def summarize(wb):
     return out
 
 
-def check(cfg, batches, expected):
+def check(cfg, batches, expected, order=None):
+    batches = numbered(batches)
     stream = TestStream()
-    for b in batches:
+    for b in (batches if order is None else [batches[i] for i in order]):
         stream = stream.add_elements([(0, b)])
     opts = PipelineOptions()
     opts.view_as(StandardOptions).streaming = True
@@ -103,3 +112,13 @@ def test_timeout_policy_driven_by_batch_time(tmp_path, policy, expected):
                RecordBatch([], T0 + 10),   # an idle poll: not yet timed out
                RecordBatch([], T0 + 31)]   # past the 30 s timeout
     check(cfg_with_models(tmp_path, policy=policy), batches, expected)
+
+
+def test_batches_delivered_out_of_order_are_joined_in_poll_order(tmp_path):
+    """Runners may reorder elements (Prism, Flink): the result must be the in-order one."""
+    f = Feed()
+    batches = [RecordBatch([f.feat("m1", 1, "skills"), f.upd("m1", 1)], T0),
+               RecordBatch([f.feat("m1", 1, "title"), f.upd("m1", 2)], T0 + 1),
+               RecordBatch([f.feat("m1", 2, "title"), f.feat("m1", 2, "skills")], T0 + 2)]
+    check(cfg_with_models(tmp_path), batches, [("joined", "member:m1", 1, False), ("joined", "member:m1", 2, False)],
+          order=[2, 0, 1])
