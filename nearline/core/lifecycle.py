@@ -53,24 +53,37 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, (TypeError, ValueError)) and not isinstance(exc, ConnectionError)
 
 
-def retry_until_done(what: str, fn, log, *, first_delay: float = 0.2, max_delay: float = 30.0,
+def retry_until_done(what: str, fn, log, *, first_delay: float = 0.2, max_delay: float = 2.0,
                      errors: tuple[type[BaseException], ...] = (Exception,), on_retry=None,
                      max_tries: int | None = None):
     """Call ``fn`` until it succeeds, logging each failure and backing off (doubling, capped) between
     tries: a dead dependency means backpressure, never a crash loop. A stop request ends the wait with
     StopRequested (nothing of the batch is committed). A permanent failure (:func:`is_permanent`) is
-    raised at once, never retried; with ``max_tries`` the last transient failure is raised too."""
+    raised at once, never retried; with ``max_tries`` the last transient failure is raised too.
+
+    The back-off is capped at ``max_delay`` (2 s): a dependency that comes back is used again within that,
+    and a try every 2 s costs a dead one nothing. The outage is logged once when it starts and once when
+    it ends (nearline.core.outages), each try in between at DEBUG (on ``log``)."""
+    from nearline.core.outages import OUTAGES, dependency_of
+
     delay = first_delay
     tries = 0
+    dep = None
     while True:
         tries += 1
         try:
-            return fn()
+            out = fn()
         except errors as exc:
             if is_permanent(exc) or (max_tries is not None and tries >= max_tries):
                 raise
             if on_retry is not None:
                 on_retry()
-            log.error("%s failed (%s); retrying in %.1fs, input offsets stay uncommitted", what, exc, delay)
+            dep = dependency_of(exc, what)
+            OUTAGES.failed(dep, what, exc, delay)
+            log.debug("%s failed (%s); retrying in %.1fs, input offsets stay uncommitted", what, exc, delay)
             backoff_sleep(delay)
             delay = min(delay * 2, max_delay)
+            continue
+        if dep is not None:
+            OUTAGES.succeeded(dep)
+        return out

@@ -63,8 +63,10 @@ def setup(verbose: bool = False, fmt: str | None = None, stream=None) -> None:
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    # kafka-python at DEBUG logs every request (and slows its network loop): warnings only, even with -v
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python logs every failed connection try of an outage at ERROR (hundreds per outage) and every
+    # request at DEBUG (which also slows its network loop): its lines only with -v, and then from WARNING.
+    # The project's own outage lines (nearline.core.outages) say when Kafka went away and came back.
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     if not verbose:
         # Beam's INFO chatter (bundle processing, worker handlers) drowns the job's own lines
         logging.getLogger("apache_beam").setLevel(logging.WARNING)

@@ -129,7 +129,9 @@ class ModelSet:
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.ort_threads  # one thread per session beats two on small machines
         so.inter_op_num_threads = 1
-        so.log_severity_level = 3
+        # FATAL only: an error is raised as a Python exception, which we report in one line; at ERROR
+        # onnxruntime also prints its own raw (coloured) line to stderr first
+        so.log_severity_level = 4
         sess = ort.InferenceSession(str(pkg.onnx_path), so, providers=["CPUExecutionProvider"])
         return LoadedModel(pkg, sess, {f.name: FeatureEncoder(f) for f in pkg.manifest.inputs})
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 
 from nearline.core.lifecycle import backoff_sleep, is_permanent
+from nearline.core.outages import OUTAGES
 
 log = logging.getLogger(__name__)
 
 
 def send_acknowledged(producer, records: list[tuple[str, bytes | None, bytes]], what: str, logger=log, *,
-                      first_delay: float = 0.2, max_delay: float = 30.0, ack_timeout_s: float = 30.0,
+                      first_delay: float = 0.2, max_delay: float = 2.0, ack_timeout_s: float = 30.0,
                       on_retry=None) -> list[tuple[int, BaseException]]:
     """Send ``records`` ((topic, key, value) each) until every one is acknowledged or permanently refused.
 
@@ -60,10 +61,13 @@ def send_acknowledged(producer, records: list[tuple[str, bytes | None, bytes]], 
         if todo:
             if on_retry is not None:
                 on_retry()
-            logger.error("%s: %d of %d records not acknowledged (%s); retrying those in %.1fs, input offsets stay "
+            OUTAGES.failed("Kafka", what, transient[0][1], delay)  # one WARNING per outage, not per try
+            logger.debug("%s: %d of %d records not acknowledged (%s); retrying those in %.1fs, input offsets stay "
                          "uncommitted", what, len(todo), len(records), transient[0][1], delay)
             backoff_sleep(delay)
             delay = min(delay * 2, max_delay)
+        elif delay != first_delay:
+            OUTAGES.succeeded("Kafka")
     return sorted(refused, key=lambda x: x[0])
 
 

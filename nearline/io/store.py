@@ -146,7 +146,7 @@ return out
 
 
 class RedisEmbeddingStore:
-    def __init__(self, url: str, prefix: str = "emb", retry_max_s: float = 30.0):
+    def __init__(self, url: str, prefix: str = "emb", retry_max_s: float = 2.0):
         self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self.prefix, self.retry_max_s = prefix, retry_max_s
         self._write = self.r.register_script(_WRITE)

@@ -51,7 +51,9 @@ def check_package(path: Path, entity_types: list[str] | None = None) -> tuple[Mo
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.log_severity_level = 3
+        # FATAL only: an error is raised as a Python exception, which we report in one line; at ERROR
+        # onnxruntime also prints its own raw (coloured) line to stderr first
+        so.log_severity_level = 4
         sess = ort.InferenceSession(str(opath), so, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         problems.append(f"{man.key}: onnxruntime cannot load tower.onnx: {str(exc).splitlines()[0][:300]}")

@@ -110,3 +110,30 @@ def test_unexpected_errors_are_one_line_too():
     assert code == 1
     msg, _ = describe_error(RuntimeError("Pipeline failed: " + "frame\n" * 500 + "ValueError: the real cause"))
     assert len(msg) < 700 and msg.startswith("RuntimeError: Pipeline failed") and "the real cause" in msg
+
+
+def test_a_model_that_fails_at_run_time_is_one_line_without_onnxruntime_noise(tmp_path):
+    """`models check` / `models register` of a package whose graph fails when run (its manifest promises a
+    larger vocabulary than the graph's table): the project's one line, and nothing of onnxruntime's own
+    (coloured) error log on stderr."""
+    import json
+
+    from tests.helpers import make_package
+
+    pkg = make_package(tmp_path / "pk", "member_bad", "v1", "member", seed=1)
+    man = json.loads((pkg / "manifest.json").read_text())
+    for f in man["inputs"]:
+        if f["name"] == "title":
+            f["vocab_size"] = 100_000
+    (pkg / "manifest.json").write_text(json.dumps(man))
+    (tmp_path / "registry.yaml").write_text(f"- {pkg}\n")
+    (tmp_path / "nearline.yaml").write_text(f"models:\n  registry: {tmp_path / 'registry.yaml'}\n")
+    res, _ = nearline("--config", str(tmp_path / "nearline.yaml"), "models", "check", cwd=tmp_path)
+    assert res.returncode == 1 and "member_bad@v1" in res.stdout + res.stderr
+    assert "\x1b[" not in res.stderr and "onnxruntime::" not in res.stderr and "[E:onnxruntime" not in res.stderr
+    (tmp_path / "registry.yaml").write_text("")
+    res, _ = nearline("--config", str(tmp_path / "nearline.yaml"), "models", "register", str(pkg), cwd=tmp_path,
+                      env=dead_endpoints())
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode != 0 and len(lines) == 1 and "member_bad@v1" in lines[0] and "not servable" in lines[0], res.stderr
+    assert "\x1b[" not in res.stderr and "Traceback" not in res.stderr
