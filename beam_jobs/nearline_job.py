@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 
 import apache_beam as beam
+from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from nearline.beam_jobs.kafka_source import ReadPartitionGroups
 from nearline.config import Config
@@ -60,6 +62,29 @@ class StandardizationJoinFn(beam.DoFn):
                 st = fresh
                 self.groups.replace(group, st)
             out = [self.stage.run(st, group, b, required) for b in ready]
+        yield from out
+
+
+class KeyedStandardizationJoinFn(StandardizationJoinFn):
+    """The same join with its state in Beam's keyed state, for runners whose workers do not share the
+    group's reader process: with ``job.io: beam-kafkaio`` on Flink or Dataflow, KafkaIO (Java) hands a
+    partition's records to whichever Python worker the runner picks, and only the runner's keyed state
+    (serialized per key, checkpointed) follows the group. Batches still go through the sequencer."""
+
+    STATE = ReadModifyWriteStateSpec("partition_group", PickleCoder())
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE)):
+        group, batch = element
+        self.watcher.poll()
+        required = self.watcher.required()
+        st = state.read() or self.stage.new_state(required)
+        ready, new_reader = st.sequencer.offer(batch)
+        if new_reader:
+            fresh = self.stage.new_state(required)
+            fresh.sequencer = st.sequencer
+            st = fresh
+        out = [self.stage.run(st, group, b, required) for b in ready]
+        state.write(st)
         yield from out
 
 
@@ -150,7 +175,8 @@ def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None
                        drain_budget_ms=cfg.job.drain_budget_ms, security=kafka_io.security_settings(cfg.kafka),
                        membership=membership)))
     batches = (records
-               | "StandardizationJoin" >> beam.ParDo(StandardizationJoinFn(cfg))
+               | "StandardizationJoin" >> beam.ParDo((KeyedStandardizationJoinFn if cfg.job.io == "beam-kafkaio"
+                                                      else StandardizationJoinFn)(cfg))
                | "ScoreEmbeddings" >> beam.ParDo(ScoreEmbeddingsFn(cfg, bootstrap, redis_url))
                | "PublishEmbeddings" >> beam.ParDo(PublishEmbeddingsFn(cfg, bootstrap, redis_url)))
     if cfg.job.io == "kafka-python":

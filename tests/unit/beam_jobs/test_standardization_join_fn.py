@@ -13,7 +13,7 @@ TestStream.__test__ = False  # not a pytest class
 from apache_beam.testing.util import assert_that, equal_to
 from kafka.partitioner.default import murmur2
 
-from nearline.beam_jobs.nearline_job import StandardizationJoinFn
+from nearline.beam_jobs.nearline_job import KeyedStandardizationJoinFn, StandardizationJoinFn
 from nearline.config import Config
 from nearline.io.codec import Codec
 from nearline.registry.packages import Registry
@@ -72,7 +72,15 @@ def summarize(wb):
     return out
 
 
-def check(cfg, batches, expected, order=None):
+JOIN_FNS = [StandardizationJoinFn, KeyedStandardizationJoinFn]  # process state / Beam keyed state
+
+
+@pytest.fixture(params=JOIN_FNS, ids=["process_state", "keyed_state"])
+def join_fn(request):
+    return request.param
+
+
+def check(cfg, batches, expected, order=None, join_fn=StandardizationJoinFn):
     batches = numbered(batches)
     stream = TestStream()
     for b in (batches if order is None else [batches[i] for i in order]):
@@ -80,11 +88,11 @@ def check(cfg, batches, expected, order=None):
     opts = PipelineOptions()
     opts.view_as(StandardOptions).streaming = True
     with beam.Pipeline(runner="DirectRunner", options=opts) as p:
-        out = p | stream.advance_watermark_to_infinity() | beam.ParDo(StandardizationJoinFn(cfg)) | beam.FlatMap(summarize)
+        out = p | stream.advance_watermark_to_infinity() | beam.ParDo(join_fn(cfg)) | beam.FlatMap(summarize)
         assert_that(out, equal_to(expected))
 
 
-def test_order_duplicates_supersede_delete(tmp_path):
+def test_order_duplicates_supersede_delete(tmp_path, join_fn):
     f = Feed()
     batches = [
         # m1: features before the update, a duplicate, then complete
@@ -100,25 +108,25 @@ def test_order_duplicates_supersede_delete(tmp_path):
     ]
     check(cfg_with_models(tmp_path), batches, [
         ("joined", "member:m1", 1, False), ("joined", "member:m2", 2, False), ("deleted", "member:m3", 2),
-        ("dead_letter", "nearline.decode"), ("dead_letter", "nearline.validate")])
+        ("dead_letter", "nearline.decode"), ("dead_letter", "nearline.validate")], join_fn=join_fn)
 
 
 @pytest.mark.parametrize("policy,expected", [
     ("partial", [("joined", "member:m9", 1, True)]),
     ("dead_letter", [("dead_letter", "nearline.join")])])
-def test_timeout_policy_driven_by_batch_time(tmp_path, policy, expected):
+def test_timeout_policy_driven_by_batch_time(tmp_path, policy, expected, join_fn):
     f = Feed()
     batches = [RecordBatch([f.upd("m9", 1), f.feat("m9", 1, "title")], T0),
                RecordBatch([], T0 + 10),   # an idle poll: not yet timed out
                RecordBatch([], T0 + 31)]   # past the 30 s timeout
-    check(cfg_with_models(tmp_path, policy=policy), batches, expected)
+    check(cfg_with_models(tmp_path, policy=policy), batches, expected, join_fn=join_fn)
 
 
-def test_batches_delivered_out_of_order_are_joined_in_poll_order(tmp_path):
+def test_batches_delivered_out_of_order_are_joined_in_poll_order(tmp_path, join_fn):
     """Runners may reorder elements (Prism, Flink): the result must be the in-order one."""
     f = Feed()
     batches = [RecordBatch([f.feat("m1", 1, "skills"), f.upd("m1", 1)], T0),
                RecordBatch([f.feat("m1", 1, "title"), f.upd("m1", 2)], T0 + 1),
                RecordBatch([f.feat("m1", 2, "title"), f.feat("m1", 2, "skills")], T0 + 2)]
     check(cfg_with_models(tmp_path), batches, [("joined", "member:m1", 1, False), ("joined", "member:m1", 2, False)],
-          order=[2, 0, 1])
+          order=[2, 0, 1], join_fn=join_fn)
