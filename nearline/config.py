@@ -71,6 +71,11 @@ class KafkaConfig:
     heartbeat_interval_ms: int = 1000
     producer_linger_ms: int = 5
     """Producer batching delay; the job flushes before it commits anyway."""
+    fetch_max_wait_ms: int = 500
+    """How long the broker may hold an empty fetch (consumers' long poll). Apache Kafka answers as soon as
+    data arrives, so this costs no latency; shorter only makes idle consumers and the broker busy (20 ms:
+    7% of a core per idle consumer and 8-15% on the broker, against 1.2% and 2.5% at 500 ms, with the
+    same 6 ms produce-to-poll latency; docs/scaleout.md)."""
     security_protocol: str = "PLAINTEXT"
     """PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL, for every Kafka client of the service (job,
     standardizers, consumer client, CLI)."""
