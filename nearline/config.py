@@ -231,6 +231,11 @@ class JobConfig:
     poll_timeout_ms: int = 60
     """How long an idle round of polls over all partition groups waits (split evenly between them); also
     the period of the join's timeout check when idle. Lower: less latency, more idle CPU."""
+    idle_poll_timeout_ms: int = 1000
+    """Once a partition group has brought nothing for a second, an idle round of polls over all groups
+    waits this long instead of poll_timeout_ms (split between the groups): an idle job then costs next to
+    no CPU (docs/scaleout.md). The first update after an idle spell waits at most this long for its
+    group's turn; under load it never applies. 0: always poll_timeout_ms."""
     drain_budget_ms: float = 30.0
     """Under load, a batch keeps taking already-fetched records for up to this long (bigger batches,
     fewer per-batch costs); it never waits for new records beyond poll_timeout_ms."""
