@@ -52,6 +52,8 @@ COUNTERS = {
     "joins_partial": "joins that timed out and were scored with declared defaults",
     "joins_superseded": "pending joins superseded by a newer update version (not scored)",
     "joins_timed_out_dead_letter": "joins that timed out and were dead-lettered",
+    "joins_refused_dead_letter": "joins dead-lettered at once because a standardizer refused the version "
+                                 "(timeout_policy dead_letter)",
     "duplicates": "duplicate input messages ignored by the join",
     "replay_timeouts": "joins of messages re-read after a restart that did not complete",
     "replays_released": "of those, versions already written before the restart (released)",

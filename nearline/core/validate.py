@@ -33,6 +33,7 @@ REASONS = {
     "standardize_failed": "a standardizer could not standardize the update",
     "features_without_update": "standardized features whose EntityUpdate never arrived within the join timeout",
     "join_timeout": "join timed out under timeout_policy dead_letter",
+    "standardizer_refused": "a standardizer refused the version (its own dead letter says why), under timeout_policy dead_letter",
     "replay_incomplete": "a join re-read after a restart did not complete",
     "features_do_not_fit": "features do not fit a registered model's manifest",
     "model_failed": "a registered model failed when run on the entity",

@@ -37,9 +37,21 @@ def standardize_message(proc: Processor, codec: Codec, value: bytes, now_ms: int
     if upd["op"] == "DELETE":
         return None
     check_update(upd, limits)
-    feats = proc.standardize(upd["fields"])
+    try:
+        feats = proc.standardize(upd["fields"])
+    except StandardizationError as exc:
+        exc.update = upd  # a valid update this processor cannot serve: the job is told (refused_marker)
+        raise
     out = {"entity_type": upd["entity_type"], "entity_id": upd["entity_id"], "version": upd["version"],
            "processor": proc.name, "features": feats, "produced_at": now_ms}
+    return f"{upd['entity_type']}:{upd['entity_id']}", codec.encode("StandardizedFeatures", out)
+
+
+def refused_marker(proc: Processor, codec: Codec, upd: dict, error: str, now_ms: int) -> tuple[str, bytes]:
+    """(key, StandardizedFeatures bytes) saying that this processor refused this entity version: the job's
+    join stops waiting for it at once (schemas/StandardizedFeatures.avsc, ``refused``)."""
+    out = {"entity_type": upd["entity_type"], "entity_id": upd["entity_id"], "version": upd["version"],
+           "processor": proc.name, "features": {}, "produced_at": now_ms, "refused": error[:1000]}
     return f"{upd['entity_type']}:{upd['entity_id']}", codec.encode("StandardizedFeatures", out)
 
 
@@ -176,6 +188,11 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
                                                 offset=m.offset, stage=f"standardize.{name}", error=error,
                                                 max_original=cfg.limits.dead_letter_original_bytes)
                         sends.append((cfg.topics.dead_letter, m.key[:256] if m.key else m.key, dl, tp, m.offset))
+                        upd = getattr(exc, "update", None)
+                        if upd is not None:  # the update itself is valid (the job accepts it): tell its join
+                            mkey, marker = refused_marker(proc, codec, upd, error, int(time.time() * 1000))
+                            sends.append((out_topic, mkey.encode(), marker, tp, m.offset))
+                            stats["refused_markers"] = stats.get("refused_markers", 0) + 1
                         continue
                     if res is None:
                         stats["deletes_skipped"] += 1
@@ -236,5 +253,5 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
             signal.signal(s, h)
         producer.close(timeout=10)
         consumer.close(autocommit=False)
-    stats["written"] -= stats["dead_letters"]
+    stats["written"] -= stats["dead_letters"] + stats.get("refused_markers", 0)
     return stats

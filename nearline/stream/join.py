@@ -224,13 +224,12 @@ class StandardizationJoin:
         return out + self._maybe_complete(entry)
 
     def on_refused(self, feats: dict, raw: RawRef) -> list[Output]:
-        """A standardizer's output for this version arrived but was refused (the caller dead-letters it
-        and releases its offset). The version will never get that output, so it does not wait for it:
-        under the partial policy it completes as soon as the others are in, flagged partial, the
-        refused processor's features taking the manifest defaults (as after a timeout). Under the
-        dead_letter policy nothing changes: the join times out and is dead-lettered."""
-        if self.policy != "partial":
-            return []
+        """A standardizer's output for this version was refused: the job refused it (and dead-letters it),
+        or the standardizer refused the update and said so (a StandardizedFeatures with ``refused``). The
+        caller releases the message's offset. The version will never get that output, so it does not wait
+        for it: under the partial policy it completes as soon as the others are in, flagged partial, the
+        refused processor's features taking the manifest defaults (as after a timeout); under the
+        dead_letter policy it is dead-lettered as soon as its update is in."""
         _, entry, out = self._locate(feats, raw)
         out = [o for o in out if o.sources != [raw.source]]  # the caller releases the refused message
         if entry is None or feats["processor"] in entry.processors:
@@ -333,6 +332,15 @@ class StandardizationJoin:
         return missing
 
     def _maybe_complete(self, entry: Pending) -> list[Output]:
+        if entry.op == "UPSERT" and entry.refused and self.policy != "partial":
+            # dead_letter policy: a version a standardizer refused can never complete; say so now
+            self.pending.pop(entry.key, None)
+            self.partials.pop(entry.key, None)
+            self._remember(entry.key, entry.version)
+            self.counters["joins_refused_dead_letter"] = self.counters.get("joins_refused_dead_letter", 0) + 1
+            return [JoinDeadLetter(entry.first_raw, f"standardizer_refused: {entry.key} version {entry.version}: "
+                                   f"refused by {', '.join(sorted(entry.refused))} (its dead letter says why)",
+                                   entry.sources, reason="standardizer_refused")]
         if entry.op != "UPSERT" or self._missing(entry):
             return []
         if entry.partial_at is not None:

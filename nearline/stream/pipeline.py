@@ -181,6 +181,11 @@ class JoinStage:
                 if refused is not None:
                     outputs += join.on_refused(refused, raw)
                 continue
+            if not is_update and msg.get("refused"):
+                # the standardizer refused this version (and dead-lettered the update): stop waiting for it
+                outputs += join.on_refused(msg, raw)
+                tracker.done((raw.topic, raw.partition), raw.offset)
+                continue
             outputs += join.on_update(msg, raw) if is_update else join.on_features(msg, raw)
         outputs += join.on_tick()
         join.now_override = None

@@ -12,7 +12,7 @@ UPDATE = {"entity_type": "job", "entity_id": "j1", "version": 5, "op": "UPSERT",
 def test_roundtrip_every_schema():
     c = Codec()
     feats = {"entity_type": "member", "entity_id": "m1", "version": 2, "processor": "skills",
-             "features": {"skills": {"ids": [3, 4], "weights": [1.0, 0.5]}}, "produced_at": 9}
+             "features": {"skills": {"ids": [3, 4], "weights": [1.0, 0.5]}}, "produced_at": 9, "refused": None}
     emb = {"entity_type": "member", "entity_id": "m1", "version": 2, "deleted": False, "partial": False,
            "embeddings": [{"model": "m", "model_version": "v1", "dim": 2, "vector": b"\0" * 8, "produced_at": 3,
                            "changed": True}]}
@@ -53,3 +53,16 @@ def test_unknown_schema_and_garbage_raise_clear_errors():
         c.decode(good, expect="DeadLetter")
     with pytest.raises(CodecError, match="does not fit schema"):
         c.encode("EntityUpdate", {**UPDATE, "op": "MERGE"})
+
+
+def test_standardized_features_written_before_refused_existed_still_decode():
+    """StandardizedFeatures v1 (schemas/history) on the topic after an upgrade: read as not refused."""
+    v1 = json.loads((SCHEMAS_DIR / "history" / "StandardizedFeatures.v1.avsc").read_text())
+    old_writer = SchemaStore()
+    old_writer.add(v1)
+    rec = {"entity_type": "member", "entity_id": "m1", "version": 2, "processor": "title",
+           "features": {"title": {"ids": [3], "weights": None}}, "produced_at": 9}
+    data = Codec(old_writer).encode("StandardizedFeatures", rec)
+    assert Codec().decode(data, expect="StandardizedFeatures") == {**rec, "refused": None}
+    marker = {**rec, "features": {}, "refused": "standardize_failed: raw field(s) ['title'] missing"}
+    assert Codec().decode(Codec().encode("StandardizedFeatures", marker)) == marker

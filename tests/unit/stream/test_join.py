@@ -276,6 +276,23 @@ def test_a_refused_standardizer_output_is_not_waited_for():
     j.on_refused(*feat("m9", 1, "skills"))
     clock.t += 31
     assert [type(o).__name__ for o in j.on_tick()] == ["Released"] and not j.pending
-    # the dead_letter policy waits for the timeout as before
+    # the dead_letter policy dead-letters the version as soon as its update is in, without the timeout
     d = StandardizationJoin(REQ, timeout_s=30, policy="dead_letter", clock=clock)
-    assert d.on_refused(*feat("m1", 1, "skills")) == [] and not d.pending
+    assert d.on_refused(*feat("m1", 1, "skills")) == []
+    [dl] = feed(d, [("u", upd("m1", 1))])
+    assert isinstance(dl, JoinDeadLetter) and dl.reason == "standardizer_refused" and "refused by skills" in dl.error
+    assert not d.pending and not joined(feed(d, [("f", feat("m1", 1, "title"))]))  # a late output: stale
+
+
+def test_a_refusal_marker_from_a_standardizer_ends_the_wait_without_a_timeout():
+    """An update the standardizers cannot serve (e.g. its raw fields are missing) comes with a refusal marker
+    from each of them: the version completes (partial policy) at once, nothing holds the offsets."""
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=600, clock=clock)
+    out = j.on_update(*upd("m5", 7))
+    for proc in ("title", "skills"):
+        msg, r = feat("m5", 7, proc)
+        msg.update(features={}, refused="standardize_failed: raw field(s) ['title'] missing from the update")
+        out += j.on_refused(msg, r)
+    [p] = joined(out)
+    assert p.partial and sorted(p.missing) == ["skills", "title"] and not j.pending
