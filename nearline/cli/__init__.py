@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-passes", type=int, default=5, help="catch-up passes over records the job appends meanwhile")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    s.add_argument("--runner", choices=["local", "dask"], default="local",
+                   help="local: the Beam runner of job.runner in this process; dask: Beam's DaskRunner on a Dask "
+                        "cluster (a local one of --workers processes, or --dask-scheduler)")
+    s.add_argument("--workers", type=_positive_int, default=None, help="--runner dask: local worker processes "
+                   "(default: one per core)")
+    s.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                   help="--runner dask: an existing cluster's scheduler, e.g. tcp://scheduler:8786")
     s.add_argument("beam_args", nargs="*", help="Beam pipeline options after --, e.g. -- --runner=FlinkRunner")
     s.set_defaults(func=cmd_backfill)
 
@@ -177,7 +184,9 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
 
     if isinstance(exc, AssignmentError):
         return one_line(f"assignment: {exc}"), 2
-    if isinstance(exc, (RunnerError, NotCopartitioned)):
+    from nearline.launch.dask_cluster import DaskUnavailable
+
+    if isinstance(exc, (RunnerError, NotCopartitioned, DaskUnavailable)):
         return one_line(exc), 1
     if isinstance(exc, FileNotFoundError):
         text = f"{exc.strerror}: {exc.filename}" if exc.filename else (exc.args[0] if exc.args else str(exc))

@@ -377,9 +377,18 @@ def cmd_backfill(args) -> int:
     cfg = _cfg(args)
     bootstrap, redis_url = resolve_endpoints(cfg)
     try:
-        res = run_backfill(cfg, bootstrap, redis_url, models=args.models, all_models=args.all, dry_run=args.dry_run,
-                           rescore=args.rescore, batch_size=args.batch_size, max_passes=args.max_passes,
-                           beam_args=args.beam_args, progress=not args.no_progress)
+        if args.runner == "dask":
+            from nearline.launch.dask_cluster import dask_beam_args
+
+            with dask_beam_args(args.workers, args.dask_scheduler) as dask_args:
+                res = run_backfill(cfg, bootstrap, redis_url, models=args.models, all_models=args.all,
+                                   dry_run=args.dry_run, rescore=args.rescore, batch_size=args.batch_size,
+                                   max_passes=args.max_passes, beam_args=[*dask_args, *args.beam_args],
+                                   progress=not args.no_progress)
+        else:
+            res = run_backfill(cfg, bootstrap, redis_url, models=args.models, all_models=args.all, dry_run=args.dry_run,
+                               rescore=args.rescore, batch_size=args.batch_size, max_passes=args.max_passes,
+                               beam_args=args.beam_args, progress=not args.no_progress)
     except BackfillError as exc:
         print(f"nearline backfill: {exc}", file=sys.stderr)
         return 2

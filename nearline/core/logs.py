@@ -70,4 +70,6 @@ def setup(verbose: bool = False, fmt: str | None = None, stream=None) -> None:
     if not verbose:
         # Beam's INFO chatter (bundle processing, worker handlers) drowns the job's own lines
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        # dask.distributed's cluster start/stop chatter (nanny, scheduler, worker registration) of `backfill --runner dask`
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     logging.captureWarnings(True)  # Python warnings go through the same handler (and format)

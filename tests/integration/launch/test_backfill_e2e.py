@@ -71,18 +71,19 @@ def test_registered_version_reaches_every_live_entity_then_rebuild(tmp_path, kaf
         if key not in live:
             assert new not in stored
 
-    # Redis loses everything; the topics keep it: rebuild with the CLI, compare bitwise
-    keys = list(r.scan_iter(match=f"{cfg.redis.key_prefix}:*"))
-    r.delete(*keys)
-    out = subprocess.run([sys.executable, "-m", "nearline.cli", "--config", str(h.config_file), "backfill", "--all",
-                          "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "backfill of job_tiny@v1, member_tiny@v1, member_tiny@v2" in out.stdout, out.stdout
-    for key in state:
-        got = h.stored(key)
-        emb = {k: v for k, v in got.items() if not k.startswith("_")}
-        assert emb == {k: v for k, v in before[key].items() if not k.startswith("_")}, f"{key}: rebuild differs"
-        if not got and (not before[key] or "_deleted" in before[key]):
-            continue  # a delete writes no marker into an emptied hash (nearline.store): it stays absent
-        assert ("_deleted" in got) == ("_deleted" in before[key]), key
-        assert int(got["_v"]) >= int(before[key]["_v"]), key
+    # Redis loses everything; the topics keep it: rebuild with the CLI, in this process and then on a local
+    # Dask cluster of two worker processes; each time the same state, bitwise, delete markers included
+    for runner in (["--runner", "local"], ["--runner", "dask", "--workers", "2"]):
+        keys = list(r.scan_iter(match=f"{cfg.redis.key_prefix}:*"))
+        r.delete(*keys)
+        out = subprocess.run([sys.executable, "-m", "nearline.cli", "--config", str(h.config_file), "backfill", "--all",
+                              "--no-progress", *runner], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "backfill of job_tiny@v1, member_tiny@v1, member_tiny@v2" in out.stdout, out.stdout
+        for key in state:
+            got = h.stored(key)
+            emb = {k: v for k, v in got.items() if not k.startswith("_")}
+            assert emb == {k: v for k, v in before[key].items() if not k.startswith("_")}, f"{runner}: {key} differs"
+            assert ("_deleted" in got) == ("_deleted" in before[key]), (runner, key)
+            if before[key]:
+                assert int(got["_v"]) >= int(before[key]["_v"]), (runner, key)
