@@ -2,7 +2,8 @@
 
   python bench/nearline_bench.py [--entities 20000] [--backlog 10000] [--rate 300] [--seconds 30]
       [--configs baseline,fnapi,prism,fnapi-x2,prism-x2] [--idle-seconds 20] [--broker kafka|noida]
-      [--out docs/bench-nearline.json] [--plot docs/plots/scaleout-cpu-per-update.png]
+      [--out docs/bench-nearline.json] [--plot docs/plots/scaleout-cpu-per-update.png] [--keep-logs DIR]
+  python bench/nearline_bench.py --replot docs/bench-nearline.json --plot docs/plots/scaleout-cpu-per-update.png
 
 One run, one broker (`services.broker`, Apache Kafka by default, started by this bench on free ports with its
 own Redis), one backlog, the same towers (3 registered versions of the shipped pyramid towers per entity type):
@@ -238,18 +239,36 @@ class Bench:
                                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
         return self.procs[name]
 
-    def stop(self, name, sig=signal.SIGTERM):
+    def stop(self, name, sig=signal.SIGTERM) -> dict:
+        """SIGTERM to the process itself (as Kubernetes does to a container's main process; its children,
+        e.g. the Prism binary, are its to stop), up to 60 s, then SIGKILL to its whole process group.
+        Returns how it went: seconds to stop, exit code, and whether the group had to be killed."""
         p = self.procs.pop(name)
+        t = time.monotonic()
         try:
-            os.killpg(p.pid, sig)
+            os.kill(p.pid, sig)
         except ProcessLookupError:
             pass
+        killed = False
         try:
             p.wait(timeout=60)
         except subprocess.TimeoutExpired:
             print(f"    {name} did not stop within 60 s of SIGTERM: SIGKILL", flush=True)
+            killed = True
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(timeout=30)
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # anything of its group still running after it exited
+        except (ProcessLookupError, PermissionError):
+            pass
+        return {"stop_s": round(time.monotonic() - t, 2), "rc": p.returncode, "killed": killed}
+
+    def remember(self, sample, names: list[str]) -> None:
+        procs = processes()
+        for n in names:
+            for pid in sample.pids.get(n, []):
+                if pid in procs:
+                    self.seen_pids[pid] = procs[pid][0]
 
     def kill_leftovers(self):
         """Processes once seen in a job's tree (e.g. a Prism binary in a session of its own) still alive after
@@ -270,11 +289,15 @@ class Bench:
         except OSError:
             return ""
 
+    def warnings(self, name: str) -> list[str]:
+        """The warning/error lines of a process's log (Beam's import-time note about apitools left out)."""
+        return [ln for ln in self.log(name).splitlines()
+                if re.search(r"WARNING|ERROR|Traceback|Exception|CRITICAL", ln) and "apitools not found" not in ln]
+
     def log_excerpt(self, name: str, n: int = 15) -> list[str]:
         """The warnings/errors of a process's log, else its last lines."""
-        lines = self.log(name).splitlines()
-        bad = [ln for ln in lines if re.search(r"WARNING|ERROR|Traceback|Exception|CRITICAL", ln)]
-        return (bad[-n:] if bad else lines[-n:])
+        bad = self.warnings(name)
+        return bad[-n:] if bad else self.log(name).splitlines()[-n:]
 
     def base_trees(self) -> Trees:
         t = Trees()
@@ -450,10 +473,7 @@ class Bench:
                 time.sleep(0.25)
             s1 = trees.sample()
             elapsed = time.monotonic() - t0
-            procs_now = processes()
-            for pname in owned:
-                for pid in s1.pids.get(pname, []):
-                    self.seen_pids[pid] = procs_now.get(pid, ("?",))[0]
+            self.remember(s1, list(owned))
             if timed_out:
                 done_updates = n_backlog * (lag0 - probe.lag(cfg.kafka.consumer_group)) / total_inputs
                 res.update({"timed_out": True, "updates_done": round(done_updates)})
@@ -474,10 +494,20 @@ class Bench:
                 res["idle"] = self.idle(trees, idle_s, name)
         finally:
             probe.close()
+            stops = {}
             for pname in owned:
                 if pname in self.procs:
-                    self.stop(pname)
+                    stops[pname] = self.stop(pname)
+            res["stop"] = stops
+            bad = {p: v for p, v in stops.items() if v["rc"] != 0 or v["killed"]}
+            if bad:
+                print(f"    stop not clean: {bad}", flush=True)
             self.kill_leftovers()
+            warn = {p: self.warnings(p) for p in owned}
+            res["log_warnings"] = {p: {"count": len(w), "first": w[:8]} for p, w in warn.items() if w}
+            for p, w in warn.items():
+                if w:
+                    print(f"    {p}: {len(w)} warning/error lines in its log, first: {w[0][:300]}", flush=True)
         return res
 
     def idle(self, trees: Trees, seconds: float, name: str) -> dict:
@@ -596,6 +626,7 @@ class Bench:
                 time.sleep(0.25)
             s1 = trees.sample()
             acc = account(s0, s1, time.monotonic() - t0, n)
+            self.remember(s1, [name])
             stop.set()
             th.join()
             drain_s = time.monotonic() - t0 - produce_s
@@ -621,6 +652,7 @@ class Bench:
             std_probe.close()
             if name in self.procs:
                 self.stop(name)
+            self.kill_leftovers()
 
     # ---- the run ----------------------------------------------------------------------------------------
 
@@ -680,6 +712,12 @@ class Bench:
                 pass
         self.kill_leftovers()
         self.svc.down()
+        if self.args.keep_logs:
+            dst = Path(self.args.keep_logs)
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in list(self.tmp.glob("*.log")) + list((self.tmp / "services").glob("*.log")):
+                shutil.copy(f, dst / f.name)
+            print(f"logs: {dst}")
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -761,7 +799,8 @@ def summary(res: dict) -> None:
     c = res["configs"]
     base = c.get("baseline", {}).get("updates_per_s")
     print("\n=== backlog of", res["backlog_updates"], "updates,", res["broker"], "broker ===")
-    print(f"{'config':<10}{'updates/s':>10}{'vs base':>9}{'job ms/upd':>12}{'vs base':>9}{'start-up s':>11}  busiest process")
+    print(f"{'config':<10}{'updates/s':>10}{'vs base':>9}{'job ms/upd':>12}{'vs base':>9}{'start-up s':>11}"
+          f"{'outside load':>14}  busiest process")
     for n, v in c.items():
         if "updates_per_s" not in v:
             print(f"{n:<10}  failed")
@@ -770,7 +809,7 @@ def summary(res: dict) -> None:
         vc = (f"{v['job_ms_per_update'] / c['baseline']['job_ms_per_update']:.2f}"
               if "baseline" in c and "job_ms_per_update" in c["baseline"] else "-")
         print(f"{n:<10}{v['updates_per_s']:>10.0f}{vs:>9}{v['job_ms_per_update']:>12.3f}{vc:>9}"
-              f"{v.get('startup_s', 0):>11}  {v['busiest']} {v['busiest_pct_core']}% of a core"
+              f"{v.get('startup_s', '-'):>11}{v['other_load_cores']:>9.2f} cores  {v['busiest']} {v['busiest_pct_core']}% of a core"
               + ("  (TIMED OUT)" if v.get("timed_out") else ""))
     idle = {n: v["idle"] for n, v in c.items() if "idle" in v}
     for n, acc in idle.items():
@@ -854,8 +893,9 @@ def plot(res: dict, path: Path) -> None:
                 label=f"steady {st['rate']:g}/s", color="#98df8a")
     ax2.set_xticks(xs, PROCS)
     ax2.set_ylabel("CPU ms per entity update")
+    ax2.set_ylim(0, ax2.get_ylim()[1] * 1.2)  # room for the legend
     ax2.set_title("Standardizers: CPU per update, backlog vs steady rate", fontsize=10)
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"nearline scale-out bench, {res['date']}, {res['machine']['cores']} shared cores", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -877,7 +917,12 @@ def main():
     ap.add_argument("--broker", choices=["kafka", "noida"], default="kafka")
     ap.add_argument("--out", help="also write the JSON result here")
     ap.add_argument("--plot", help="also draw the CPU-per-update bar plot here (PNG)")
+    ap.add_argument("--keep-logs", help="copy every process's log (jobs, standardizers, broker, Redis) here")
+    ap.add_argument("--replot", metavar="JSON", help="only draw --plot from a result file of an earlier run")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), Path(args.plot or "scaleout-cpu-per-update.png"))
+        return
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in args.configs if c not in CONFIGS]
     if bad:
