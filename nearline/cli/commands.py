@@ -258,6 +258,12 @@ def cmd_run(args) -> int:
             log.info("stopped while waiting for Kafka/Redis; the unfinished batch was not committed and "
                      "will be re-read on the next start")
             return 0
+        if STOP.is_set() and runner == "PrismRunner" and "UNAVAILABLE" in str(exc):
+            # Ctrl-C (or a SIGTERM to the process group) also reaches the Prism binary, which ends first:
+            # the stop was asked for, and nothing uncommitted is lost (offsets follow effects)
+            log.info("stopped (the Prism runner process ended with the same signal); uncommitted input is "
+                     "re-read on the next start")
+            return 0
         raise
     log.info("stopped")
     return 0

@@ -1,7 +1,9 @@
 """Scale-out: N job instances share the partition groups and together produce exactly what one produces;
 the same job on Prism. Real broker, Redis, standardizer processes and `nearline run` processes."""
 
+import os
 import re
+import signal
 import threading
 import time
 
@@ -115,6 +117,10 @@ def test_prism_runner_end_to_end(tmp_path, kafka_bootstrap, redis_url, marketpla
         h.start_job("job", prism)
         t.join()
         h.wait_caught_up()
+        # Ctrl-C / SIGTERM to the process group reaches the Prism binary too: still a clean stop
+        job = h.procs.pop("job")
+        os.killpg(job.pid, signal.SIGTERM)
+        assert job.wait(timeout=60) == 0, h.job_log()[-2000:]
     finally:
         h.stop_all()
     assert "runner PrismRunner" in h.job_log()
