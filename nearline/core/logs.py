@@ -30,6 +30,19 @@ QUIET = [
 ]
 
 
+# kafka-python's own lines kept without --verbose: the ones that say what an operator must fix (a wrong SASL
+# password or TLS set-up surfaces only there: bootstrap just times out); its outage chatter is dropped
+KAFKA_KEEP = re.compile(r"(?i)authenticat|sasl|ssl|certificate|credential|unsupported|not authorized")
+
+
+class KafkaChatterFilter(logging.Filter):
+    """Drops kafka-python's records except those matching KAFKA_KEEP (connection failures during an outage:
+    hundreds per outage; nearline.core.outages says when Kafka went away and came back)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("kafka") or bool(KAFKA_KEEP.search(record.getMessage()))
+
+
 class StartupNoiseFilter(logging.Filter):
     """Drops the known-harmless records listed in QUIET (WARNING and below; errors always pass)."""
 
@@ -58,15 +71,16 @@ def setup(verbose: bool = False, fmt: str | None = None, stream=None) -> None:
     handler.setFormatter(json_formatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     if not verbose:
         handler.addFilter(StartupNoiseFilter())
+        handler.addFilter(KafkaChatterFilter())
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # kafka-python logs every failed connection try of an outage at ERROR (hundreds per outage) and every
-    # request at DEBUG (which also slows its network loop): its lines only with -v, and then from WARNING.
-    # The project's own outage lines (nearline.core.outages) say when Kafka went away and came back.
-    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    # request at DEBUG (which also slows its network loop): from ERROR, and without -v only what KAFKA_KEEP
+    # matches. The project's own outage lines (nearline.core.outages) say when Kafka went away and came back.
+    logging.getLogger("kafka").setLevel(logging.WARNING if verbose else logging.ERROR)
     if not verbose:
         # Beam's INFO chatter (bundle processing, worker handlers) drowns the job's own lines
         logging.getLogger("apache_beam").setLevel(logging.WARNING)

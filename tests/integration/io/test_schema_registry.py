@@ -153,7 +153,12 @@ def test_registry_down_known_ids_keep_working_unknown_ones_are_transient_errors(
     codec_mod._REGISTRIES.clear()
     with pytest.raises(SchemaRegistryUnavailable, match="did not answer while registering"):
         codec_for(cfg)
-    assert isinstance(Codec(), Codec)
+    # ... while a process configured without a registry (single-object) does not depend on it at all
+    plain = codec_for(isolated_config(kafka_bootstrap, redis_url, unique))
+    assert plain.registry is None and plain.wire_format == "single-object"
+    for name, rec in SAMPLES.items():
+        assert plain.decode(plain.encode(name, rec), expect=name) == rec
+        assert Codec().decode(plain.encode(name, rec), expect=name) == rec
 
 
 def test_unknown_schema_id_on_a_live_registry_is_a_codec_error(schema_registry_url, kafka_bootstrap, redis_url, unique):

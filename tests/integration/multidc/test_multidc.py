@@ -95,8 +95,8 @@ class MonotonicReads:
                 i += 7
                 try:
                     dc, raw = self.reader.get_raw(*key.split(":", 1))
-                except Exception as exc:
-                    self.errors.append(str(exc))
+                except Exception as exc:  # DC2 is up throughout: get_raw must always find a DC that answers
+                    self.errors.append(f"{time.monotonic():.1f} {key}: {type(exc).__name__}: {exc}")
                     continue
                 self.served_by[dc] = self.served_by.get(dc, 0) + 1
                 if b"_v" in raw:
@@ -158,6 +158,7 @@ def test_two_dcs_redis_then_job_outage_in_dc1(tmp_path, marketplace_dir):
         reads.t.start()
         time.sleep(1.0)
         assert reader.current_dc == "dc1" and reads.served_by.get("dc1", 0) > 0
+        assert not reads.errors, reads.errors[:5]
 
         # ---- outage 1: DC1's Redis stops answering (SIGSTOP) under traffic ----
         traffic.staleness = []
@@ -172,6 +173,7 @@ def test_two_dcs_redis_then_job_outage_in_dc1(tmp_path, marketplace_dir):
             os.kill(redis_pid, signal.SIGCONT)
         assert during.get("dc2", 0) > 20 and during.get("dc1", 0) == 0, during
         assert any(s[:2] == ("dc1", "dc2") for s in reader.switches)
+        assert not reads.errors, reads.errors[:5]  # DC1's Redis timed out: failed over, no read failed
         report["staleness_dc2_during_redis_outage"] = list(traffic.staleness)
         _wait_caught_up(hs)
         _assert_same_end_state(hs)
@@ -188,6 +190,7 @@ def test_two_dcs_redis_then_job_outage_in_dc1(tmp_path, marketplace_dir):
         time.sleep(6.0)  # past the heartbeat staleness bound
         during = dict(reads.served_by)
         assert during.get("dc2", 0) > 20, during
+        assert not reads.errors, reads.errors[:5]  # DC1's stale heartbeat: failed over, no read failed
         report["staleness_dc2_during_job_outage"] = list(traffic.staleness)
         hs[0].start_job()
         _wait_caught_up(hs)
@@ -196,13 +199,17 @@ def test_two_dcs_redis_then_job_outage_in_dc1(tmp_path, marketplace_dir):
         while reader.current_dc != "dc1" and time.monotonic() < deadline:
             time.sleep(0.2)
         assert reader.current_dc == "dc1", reader.switches
+        assert reads.t.is_alive()  # the reader loop did not die of an exception outside get_raw
     finally:
         reads.stop.set()
+        if reads.t.is_alive():
+            reads.t.join(timeout=10)  # before the clients and servers go: no teardown errors in reads.errors
         client.close()
         for h in hs:
             h.stop_all()
         svc.down()
     assert not reads.regressions, reads.regressions[:5]
+    assert reads.errors == [], reads.errors[:5]
     for k in [k for k in report if k.startswith("staleness")]:
         v = sorted(report[k])
         assert v, k

@@ -57,3 +57,24 @@ def test_beam_startup_noise_filtered_unless_verbose(restore_logging):
 def test_unknown_format_is_an_error(restore_logging):
     with pytest.raises(ValueError, match="log format"):
         logs.setup(fmt="xml")
+
+
+def test_kafka_outage_chatter_is_dropped_but_authentication_failures_are_kept():
+    import io
+    import logging
+
+    from nearline.core import logs
+
+    out = io.StringIO()
+    logs.setup(stream=out)
+    k = logging.getLogger("kafka.net.manager")
+    k.error("Connection failed: KafkaConnectionError: 111 ECONNREFUSED")
+    k.error("<KafkaConnection node_id=1>: SaslAuthenticationFailedError: invalid credentials with SASL mechanism SCRAM-SHA-256")
+    k.warning("Bootstrap connection to bootstrap-0 failed")
+    text = out.getvalue()
+    assert "ECONNREFUSED" not in text and "Bootstrap connection" not in text
+    assert "SaslAuthenticationFailedError" in text
+    logs.setup(verbose=True, stream=out)
+    k.error("Connection failed: KafkaConnectionError: 111 ECONNREFUSED")
+    assert "ECONNREFUSED" in out.getvalue()  # everything with -v
+    logs.setup()
