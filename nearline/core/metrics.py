@@ -75,7 +75,7 @@ COUNTERS = {
     "joins_completed_after_partial": "versions emitted partial, then completed by late messages (complete replaces partial)",
     "features_without_update": "standardized features whose EntityUpdate never came (dead-lettered, not scored)",
     "join_stalls": "gaps between batches longer than join.stall_gap_s (the job was stalled; not counted as timeout time)",
-    "deletes_unknown_entity": "deletes of entities Redis holds nothing for (no marker written; tombstones still published)",
+    "deletes_unknown_entity": "deletes of entities Redis holds nothing for (their marker is written and their tombstones published)",
     "redis_data_loss_detected": "times the Redis sentinel key vanished (Redis restarted empty or was flushed)",
     "models_disabled": "model versions disabled after failing at run time",
 }
