@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--models", nargs="+", metavar="NAME@VERSION", help="versions to backfill")
     g.add_argument("--all", action="store_true", help="every registered version (rebuild after a Redis wipe)")
+    g.add_argument("--status", action="store_true", help="show running backfills (progress, rate, time left), "
+                   "requested and finished ones; changes nothing")
     s.add_argument("--dry-run", action="store_true", help="scan and count what would be written; write nothing")
     s.add_argument("--rescore", action="store_true", help="also rescore embeddings already present (bitwise dedupe)")
     s.add_argument("--batch-size", type=int, default=1024, help="entities per ORT call")

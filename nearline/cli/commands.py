@@ -382,6 +382,8 @@ def cmd_backfill(args) -> int:
 
     cfg = _cfg(args)
     bootstrap, redis_url = resolve_endpoints(cfg)
+    if args.status:
+        return backfill_status_report(cfg, redis_url, args.json)
     try:
         if args.runner == "dask":
             from nearline.launch.dask_cluster import dask_beam_args
@@ -402,6 +404,32 @@ def cmd_backfill(args) -> int:
     if args.json:
         print(json.dumps({"models": res.models, "passes": res.passes, "seconds": round(res.seconds, 3), **res.counts.as_dict()}))
     return 1 if res.counts.failed else 0
+
+
+def backfill_status_report(cfg, redis_url: str, as_json: bool) -> int:
+    import redis
+
+    from nearline.offline.status import backfill_status
+    from nearline.ops.health import require_redis
+
+    require_redis(redis_url)
+    st = backfill_status(redis.Redis.from_url(redis_url), cfg.redis.key_prefix)
+    if as_json:
+        print(json.dumps(st))
+        return 0
+    if not st["running"]:
+        print("no backfill running")
+    for b in st["running"]:
+        eta = f"{b['eta_s']:.0f}s left" if b["eta_s"] is not None else "time left unknown"
+        state = "running" if b["alive"] else "NOT running (lease expired: the run died; rerun to continue)"
+        print(f"{b['model']}: {state}, run {b['run']} on {b['host']} pid {b['pid']}: {b['percent']}% of the snapshot "
+              f"({b['progress']}/{b['planned']} records), {b['entities']} entities, {b['written']} written, "
+              f"{b['failed']} failed, {b['per_s']:.0f} records/s, {eta}")
+    for m in st["requested"]:
+        print(f"{m}: requested, not running (the job's launcher or `nearline backfill --models {m}` runs it)")
+    for m, d in sorted(st["done"].items()):
+        print(f"{m}: done, run {d.get('run')}: {d.get('written', 0)} written, {d.get('failed', 0)} failed")
+    return 0
 
 
 def cmd_demo(args) -> int:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -60,6 +61,7 @@ from nearline.offline.progress import (
     outbox_key,
     publish_outbox,
     requests_key,
+    running_key,
 )
 from nearline.offline.scan import plan_ranges
 
@@ -157,6 +159,7 @@ def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | Non
                     producer.close()
         since: dict[int, int] = {}
         t0 = time.monotonic()
+        started, planned = time.time(), 0
         passes = 0
         all_ranges = []
         while passes < max_passes:
@@ -165,6 +168,11 @@ def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | Non
                 break
             passes += 1
             all_ranges += [[r.partition, r.start, r.end] for r in ranges]
+            if not dry_run:  # for `nearline backfill --status`
+                planned += sum(r.size for r in ranges)
+                info = json.dumps({"run": run_id, "started": started, "planned": planned, "pid": os.getpid(),
+                                   "host": socket.gethostname()})
+                store.r.hset(running_key(cfg.redis.key_prefix), mapping={k: info for k in chosen})
             before = prog.read()
             # catch-up passes rescore: an entity the job rewrote meanwhile may hold the field from an older
             # version (a job that had not loaded the version yet keeps fields it does not write)
@@ -181,6 +189,8 @@ def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | Non
         total = prog.read()
     finally:
         consumer.close(autocommit=False)
+        if not dry_run and run_id:
+            store.r.hdel(running_key(cfg.redis.key_prefix), *chosen)
         if keeper is not None:
             keeper.__exit__(None, None, None)
     result = BackfillResult(chosen, total, passes, time.monotonic() - t0, dry_run, all_ranges)

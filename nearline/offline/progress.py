@@ -45,6 +45,11 @@ def requests_key(prefix: str) -> str:
     return f"{prefix}:backfill:requested"
 
 
+def running_key(prefix: str) -> str:
+    """Hash of backfills in progress (model key -> run id, start, snapshot offsets planned, pid, host)."""
+    return f"{prefix}:backfill:running"
+
+
 def outbox_key(prefix: str) -> str:
     """Set of entity hash keys the backfill wrote whose full state is not yet acknowledged on the
     embedding topic (added by the write script, removed after the acknowledged send)."""

@@ -27,6 +27,7 @@ from nearline.launch.backfill import run_backfill
 from nearline.offline.progress import done_key, outbox_key, requests_key
 from nearline.offline.scan import SnapshotChunk, plan_ranges, scan_range
 from nearline.offline.stage import BackfillStage
+from nearline.offline.status import backfill_status
 from nearline.registry.features import build_inputs
 from nearline.registry.packages import Registry
 from nearline.stream.join import Deleted, Joined
@@ -218,8 +219,19 @@ def test_backfill_of_a_new_version_reaches_every_live_entity_and_is_idempotent(w
     live_members = [k for k in w.live() if k.startswith("member:")]
     assert dry.counts.would_score == len(live_members) and dry.counts.written == 0
 
-    res = run_backfill(w.cfg, w.cfg.kafka.bootstrap, w.cfg.redis.url, models=[new], progress=False, batch_size=100)
+    seen = []
+
+    def status_mid_run(n):  # what `nearline backfill --status` shows while the run is on (after its pass n)
+        seen.append(backfill_status(w.store.r, w.cfg.redis.key_prefix))
+
+    res = run_backfill(w.cfg, w.cfg.kafka.bootstrap, w.cfg.redis.url, models=[new], progress=False, batch_size=100,
+                       after_pass=status_mid_run)
     assert res.counts.written == len(live_members) and res.counts.failed == 0
+    [run] = seen[0]["running"]
+    assert run["model"] == new and run["alive"] and run["percent"] == 100.0 and run["planned"] == run["progress"] > 0
+    assert run["written"] == len(live_members) and run["failed"] == 0 and run["per_s"] > 0
+    st = backfill_status(w.store.r, w.cfg.redis.key_prefix)
+    assert st["running"] == [] and st["done"][new]["written"] == len(live_members)
     expected = w.expected(new)
     after = w.hashes()
     for key in live_members:
