@@ -27,18 +27,19 @@ log = logging.getLogger(__name__)
 
 class BackfillRange(beam.DoFn):
     def __init__(self, cfg, bootstrap: str, redis_url: str, chosen: list[str], progress_key: str,
-                 dry_run: bool, rescore: bool, batch_size: int, codec=None):
+                 dry_run: bool, rescore: bool, batch_size: int, codec=None, resume: bool = False):
         self.cfg, self.bootstrap, self.redis_url = cfg, bootstrap, redis_url
         self.chosen, self.progress_key, self.dry_run, self.rescore = chosen, progress_key, dry_run, rescore
         self.batch_size = batch_size
         self.codec = codec  # codec_for(cfg): pickled with its cached schema-registry ids
+        self.resume = resume  # record how far each partition is done (nearline.offline.progress.ResumePoints)
 
     def setup(self):
         from nearline.inference.scoring import ModelSet, RegistryWatcher
         from nearline.io import kafka_io
         from nearline.io.store import RedisEmbeddingStore
         from nearline.offline.producer import BatchProducer
-        from nearline.offline.progress import RunProgress
+        from nearline.offline.progress import ResumePoints, RunProgress
         from nearline.offline.scan import RangeReader
         from nearline.offline.stage import BackfillStage
         from nearline.registry.packages import Registry
@@ -53,6 +54,7 @@ class BackfillRange(beam.DoFn):
         self.stage = BackfillStage(cfg, store, self.producer, models, set(self.chosen), rescore=self.rescore,
                                    dry_run=self.dry_run, codec=self.codec)
         self.progress = RunProgress(store.r, self.progress_key)
+        self.resume_points = ResumePoints(store.r, cfg.redis.key_prefix, self.chosen) if self.resume else None
 
     def teardown(self):
         if getattr(self, "reader", None):
@@ -63,7 +65,7 @@ class BackfillRange(beam.DoFn):
     def process(self, rng):
         from nearline.offline.stage import run_range
 
-        run_range(self.reader, self.stage, self.progress, rng, self.batch_size, self.codec)
+        run_range(self.reader, self.stage, self.progress, rng, self.batch_size, self.codec, self.resume_points)
         return []
 
 
@@ -72,7 +74,7 @@ def build(p: beam.Pipeline, cfg, bootstrap: str, redis_url: str, ranges, chosen:
     (p
      | "SnapshotRanges" >> beam.Create(ranges)
      | "BackfillRange" >> beam.ParDo(BackfillRange(cfg, bootstrap, redis_url, chosen, progress_key, dry_run, rescore,
-                                                   batch_size, codec_for(cfg))))
+                                                   batch_size, codec_for(cfg), resume=not dry_run)))
 
 
 def pipeline_options(cfg, beam_args: list[str] | None = None) -> PipelineOptions:

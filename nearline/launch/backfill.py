@@ -56,6 +56,7 @@ from nearline.offline.producer import BatchProducer
 from nearline.offline.progress import (
     BackfillCounts,
     BackfillError,
+    ResumePoints,
     RunProgress,
     done_key,
     outbox_key,
@@ -157,7 +158,11 @@ def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | Non
                     publish_outbox(cfg, store, producer)
                 finally:
                     producer.close()
-        since: dict[int, int] = {}
+        # a rerun of a killed request starts where it had written everything (ResumePoints); a dry run reads all
+        resume = ResumePoints(store.r, cfg.redis.key_prefix, chosen)
+        since: dict[int, int] = {} if dry_run else resume.get()
+        if since:
+            log.info("resuming the backfill of %s from snapshot offsets %s (finished before)", chosen, since)
         t0 = time.monotonic()
         started, planned = time.time(), 0
         passes = 0
@@ -200,6 +205,7 @@ def run_backfill(cfg, bootstrap: str, redis_url: str, *, models: list[str] | Non
             pipe.hset(done_key(cfg.redis.key_prefix), k, json.dumps({"at": time.time(), "run": run_id, **total.as_dict()}))
             pipe.hdel(requests_key(cfg.redis.key_prefix), k)
         pipe.execute()
+        resume.clear()
     return result
 
 

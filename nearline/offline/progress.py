@@ -40,6 +40,34 @@ class RunProgress:
         return BackfillCounts(**{k.decode(): int(v) for k, v in raw.items() if k.decode() in BackfillCounts.__dataclass_fields__})
 
 
+class ResumePoints:
+    """Per partition of the snapshot topic, the offset below which a backfill request has written every
+    entity: the driver's first pass of a rerun starts there, so a killed backfill does not redo what it had
+    finished. Sound because a range is scored in the offset order of each entity's newest record: once the
+    batch ending at offset L is written, every entity whose newest record is at or before L is done, and
+    the newer records of the others are all after L. Keyed by the set of versions (one request), dropped
+    when the request completes."""
+
+    def __init__(self, r, prefix: str, chosen: list[str]):
+        import hashlib
+
+        digest = hashlib.sha1(",".join(sorted(chosen)).encode()).hexdigest()[:16]
+        self.r, self.key = r, f"{prefix}:backfill:resume:{digest}"
+
+    def get(self) -> dict[int, int]:
+        return {int(k): int(v) for k, v in self.r.hgetall(self.key).items()}
+
+    def advance(self, partition: int, offset: int) -> None:
+        # one writer per partition at a time (one range per partition per pass): no race on the max
+        cur = self.r.hget(self.key, partition)
+        if cur is None or int(cur) < offset:
+            self.r.hset(self.key, partition, offset)
+            self.r.expire(self.key, 30 * 86400)
+
+    def clear(self) -> None:
+        self.r.delete(self.key)
+
+
 def requests_key(prefix: str) -> str:
     """Hash of model versions whose backfill was requested and has not completed (model key -> time)."""
     return f"{prefix}:backfill:requested"

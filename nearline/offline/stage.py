@@ -17,7 +17,7 @@ from nearline.io.codec import Codec, codec_for
 from nearline.io.deadletter import encode_dead_letter
 from nearline.io.snapshot import VERSION_HEADER
 from nearline.io.store import PARTIAL_FIELD
-from nearline.offline.progress import BackfillCounts, RunProgress, outbox_key
+from nearline.offline.progress import BackfillCounts, ResumePoints, RunProgress, outbox_key
 from nearline.offline.scan import PartitionRange, RangeReader, SnapshotChunk
 from nearline.stream.dedupe import decide
 
@@ -284,7 +284,7 @@ class BackfillStage:
 
 
 def run_range(reader: "RangeReader", stage: BackfillStage, progress: "RunProgress", rng: PartitionRange,
-              batch_size: int, codec: Codec | None = None) -> None:
+              batch_size: int, codec: Codec | None = None, resume: "ResumePoints | None" = None) -> None:
     """One partition range: scan it, then batch by batch prepare (Redis read, score) while the batch before
     is committed (Redis write, Kafka send) on a second thread, at most one batch ahead: onnxruntime,
     Redis and the broker's acknowledgements wait without the GIL, so scoring the next batch overlaps the
@@ -299,6 +299,8 @@ def run_range(reader: "RangeReader", stage: BackfillStage, progress: "RunProgres
         counts = stage.commit(prepared)
         counts.progress, counts.scanned = share, scanned
         progress.add(counts)
+        if resume is not None and len(prepared.chunk):  # the chunk is in offset order (RangeReader.scan)
+            resume.advance(rng.partition, prepared.chunk.offsets[-1] + 1)
 
     with ThreadPoolExecutor(1, thread_name_prefix="backfill-commit") as pool:
         in_flight = None
@@ -310,3 +312,5 @@ def run_range(reader: "RangeReader", stage: BackfillStage, progress: "RunProgres
             scanned = 0
         if in_flight is not None:
             in_flight.result()
+    if resume is not None:
+        resume.advance(rng.partition, rng.end)
