@@ -76,7 +76,8 @@ _READERS_LOCK = threading.Lock()
 def _readers_of(key: tuple) -> dict:
     """The process-wide reader state of one source (bootstrap, consumer group, topics); counted per user."""
     with _READERS_LOCK:
-        shared = _READERS.setdefault(key, {"consumers": {}, "replay_until": {}, "epochs": {}, "seq": {}, "users": 0})
+        shared = _READERS.setdefault(key, {"consumers": {}, "replay_until": {}, "epochs": {}, "seq": {}, "replayed_ok": {},
+                                         "users": 0})
         shared["users"] += 1
         return shared
 
@@ -100,7 +101,7 @@ class ReadPartitionGroups(beam.DoFn):
     def __init__(self, bootstrap: str, topics: list[str], group_id: str, redis_url: str, redis_prefix: str,
                  max_poll_records: int = 1000, poll_timeout_ms: int = 100, groups: int = 1, lag_every_s: float = 5.0,
                  drain_budget_ms: float = 30.0, security: dict | None = None, membership: dict | None = None,
-                 idle_poll_timeout_ms: int = 0, idle_after_s: float = 1.0):
+                 idle_poll_timeout_ms: int = 0, idle_after_s: float = 1.0, update_topics: list[str] | None = None):
         self.bootstrap, self.topics, self.group_id = bootstrap, topics, group_id
         self.redis_url, self.redis_prefix = redis_url, redis_prefix
         self.max_poll_records, self.lag_every_s, self.drain_budget_ms = max_poll_records, lag_every_s, drain_budget_ms
@@ -114,6 +115,7 @@ class ReadPartitionGroups(beam.DoFn):
         # Prism 2.77 spins harder on a delayed residual: 165% of a core idle against 67% with none.)
         self.idle_poll_timeout_ms = max(self.poll_timeout_ms, idle_poll_timeout_ms // max(1, groups))
         self.idle_after_s = idle_after_s
+        self.update_topics = set(update_topics if update_topics is not None else topics[:1])
         # job.assignment 'group': {"group": ..., "topic": ...} of the owners group (nearline.io.membership);
         # None: this instance owns every group it was given (static assignment)
         self.membership = membership
@@ -129,6 +131,7 @@ class ReadPartitionGroups(beam.DoFn):
         shared = _readers_of((self.bootstrap, self.group_id, tuple(self.topics)))
         self._consumers, self._replay_until = shared["consumers"], shared["replay_until"]
         self._epochs, self._seq = shared["epochs"], shared["seq"]
+        self._replayed_ok = shared["replayed_ok"]
         self._next_lag = {}
         self._marks = ReadMarks(RedisEmbeddingStore(self.redis_url, self.redis_prefix), self.group_id)
         self._next_heartbeat = 0.0
@@ -185,8 +188,23 @@ class ReadPartitionGroups(beam.DoFn):
             self._seq[p] = 0
         return epoch
 
+    def _updates_replayed(self, p: int, c) -> bool:
+        """True once this group's reader is past the previous run's read marks on every EntityUpdate
+        partition (cheap: local positions; checked only until it first holds, per reader)."""
+        if self._replayed_ok.get(p):
+            return True
+        until = self._replay_until.get(p, {})
+        try:
+            ok = all(c.position(tp) > until.get((tp.topic, tp.partition), -1)
+                     for tp in c.assignment() if tp.topic in self.update_topics)
+        except Exception:  # a position not known yet (the broker away): ask again next poll
+            return False
+        self._replayed_ok[p] = ok
+        return ok
+
     def _release(self, p: int) -> None:
         self._epochs.pop(p, None)
+        self._replayed_ok.pop(p, None)
         c = self._consumers.pop(p, None)
         if c is not None:
             log.info("partition group %d: released", p)
@@ -292,5 +310,5 @@ class ReadPartitionGroups(beam.DoFn):
         self._report_lag(p, c)
         seq = self._seq.get(p, 0)
         self._seq[p] = seq + 1
-        yield p, RecordBatch(records, time.time(), epoch=epoch, seq=seq)
+        yield p, RecordBatch(records, time.time(), epoch=epoch, seq=seq, updates_replayed=self._updates_replayed(p, c))
         tracker.defer_remainder(Duration.of(0))

@@ -173,7 +173,8 @@ def build(p: beam.Pipeline, cfg: Config, bootstrap: str, redis_url: str) -> None
                        bootstrap, topics, cfg.kafka.consumer_group, redis_url, cfg.redis.key_prefix,
                        cfg.job.max_poll_records, cfg.job.poll_timeout_ms, groups=len(groups),
                        drain_budget_ms=cfg.job.drain_budget_ms, security=kafka_io.security_settings(cfg.kafka),
-                       membership=membership, idle_poll_timeout_ms=cfg.job.idle_poll_timeout_ms)))
+                       membership=membership, idle_poll_timeout_ms=cfg.job.idle_poll_timeout_ms,
+                       update_topics=cfg.update_topics())))
     batches = (records
                | "StandardizationJoin" >> beam.ParDo((KeyedStandardizationJoinFn if cfg.job.io == "beam-kafkaio"
                                                       else StandardizationJoinFn)(cfg))

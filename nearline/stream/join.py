@@ -239,6 +239,19 @@ class StandardizationJoin:
         entry.replayed_only &= raw.replayed
         return out + self._maybe_complete(entry)
 
+    def on_updates_replayed(self, now: float | None = None) -> list[Output]:
+        """The reader has re-read every EntityUpdate the previous run had read (it is past their read
+        marks). A replayed-only join still without its update will not get it: the update's offset was
+        committed before the restart, i.e. its version was resolved then. Time them out now (the caller
+        releases them after its Redis check) instead of holding their offsets for replay_timeout_s."""
+        if not self.saw_replayed:
+            return []
+        now = self._now() if now is None else now
+        due = [k for k, e in self.pending.items() if e.replayed_only and e.op is None]
+        out = [self._timeout(self.pending.pop(k), now) for k in due]
+        self.saw_replayed = any(e.replayed_only for e in self.pending.values())
+        return out
+
     def on_tick(self, now: float | None = None) -> list[Output]:
         """Time out joins older than timeout_s (and the oldest beyond max_pending)."""
         now = self._now() if now is None else self._active(now)

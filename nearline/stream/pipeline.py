@@ -72,6 +72,9 @@ class RecordBatch:
     # (nearline.stream.ordering), whatever order a runner delivers them in
     epoch: int = 0
     seq: int = 0
+    # the reader is past the read marks of the group's EntityUpdate partitions: every update the previous run
+    # had read has been re-read (StandardizationJoin.on_updates_replayed)
+    updates_replayed: bool = False
 
 
 @dataclass
@@ -187,6 +190,8 @@ class JoinStage:
                 tracker.done((raw.topic, raw.partition), raw.offset)
                 continue
             outputs += join.on_update(msg, raw) if is_update else join.on_features(msg, raw)
+        if batch.updates_replayed:
+            outputs += join.on_updates_replayed()
         outputs += join.on_tick()
         join.now_override = None
         for o in outputs:

@@ -296,3 +296,23 @@ def test_a_refusal_marker_from_a_standardizer_ends_the_wait_without_a_timeout():
         out += j.on_refused(msg, r)
     [p] = joined(out)
     assert p.partial and sorted(p.missing) == ["skills", "title"] and not j.pending
+
+
+def test_replayed_fragments_without_their_update_resolve_once_the_updates_are_re_read():
+    """After a restart: fragments read by the previous run wait for their update only until the reader is
+    past the previous run's read marks on the update partitions; a fragment whose update is re-read joins."""
+    clock = Clock()
+    j = StandardizationJoin(REQ, timeout_s=60, replay_timeout_s=30, clock=clock)
+
+    def replayed(msg_raw):
+        msg, r = msg_raw
+        return msg, RawRef(r.topic, r.partition, r.offset, r.key, r.value, True)
+
+    assert j.on_features(*replayed(feat("m1", 3, "title"))) == []      # its update was committed before
+    assert j.on_features(*replayed(feat("m2", 4, "title"))) == []      # its update will be re-read
+    assert j.on_update(*replayed(upd("m2", 4))) == []
+    assert j.on_features(*feat("m3", 5, "title")) == []                 # new since the restart: not touched
+    out = j.on_updates_replayed()
+    assert [(type(o).__name__, o.key, o.missing) for o in out] == [("ReplayTimeout", "member:m1", ["<EntityUpdate>", "skills"])]
+    assert set(j.pending) == {"member:m2", "member:m3"}
+    assert j.on_updates_replayed() == []                                 # nothing replayed-only left to look at
