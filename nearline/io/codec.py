@@ -258,11 +258,16 @@ class Codec:
         if expect is not None and writer_name != expect:
             raise CodecError(f"expected a {expect} message, got {writer_name}")
         reader = self.store.readers.get(expect or writer_name, writer)
+        body = io.BytesIO(data[header_len:])
         try:
             # resolving a schema against itself is pure cost (measured 2x slower decode): skip it
-            return fastavro.schemaless_reader(io.BytesIO(data[header_len:]), writer, None if reader is writer else reader)
+            out = fastavro.schemaless_reader(body, writer, None if reader is writer else reader)
         except Exception as exc:  # fastavro raises many types on truncated/garbage payloads
             raise CodecError(f"malformed {writer_name} payload: {type(exc).__name__}: {exc}") from exc
+        rest = len(data) - header_len - body.tell()
+        if rest:  # a record followed by bytes it does not account for: corrupt or not what it claims to be
+            raise CodecError(f"malformed {writer_name} payload: {rest} trailing bytes after the record")
+        return out
 
     def _confluent_writer(self, schema_id: int) -> Any:
         if self.registry is None:

@@ -66,3 +66,14 @@ def test_standardized_features_written_before_refused_existed_still_decode():
     assert Codec().decode(data, expect="StandardizedFeatures") == {**rec, "refused": None}
     marker = {**rec, "features": {}, "refused": "standardize_failed: raw field(s) ['title'] missing"}
     assert Codec().decode(Codec().encode("StandardizedFeatures", marker)) == marker
+
+
+def test_trailing_bytes_after_a_valid_record_are_refused():
+    import pytest
+
+    from nearline.io.codec import CodecError
+
+    data = Codec().encode("EntityUpdate", UPDATE)
+    assert Codec().decode(data) == UPDATE
+    with pytest.raises(CodecError, match=r"malformed EntityUpdate payload: 7 trailing bytes after the record"):
+        Codec().decode(data + b"garbage")
