@@ -126,3 +126,47 @@ def test_prism_runner_end_to_end(tmp_path, kafka_bootstrap, redis_url, marketpla
     assert "runner PrismRunner" in h.job_log()
     assert check_live_and_deleted(h, MUST_HAVE) > 300
     assert _dead_letters(h) == []
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+                if int(stat[1]) == pid:
+                    out.append((int(d), open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()))
+            except OSError:
+                pass
+    return out
+
+
+def test_a_killed_prism_process_ends_the_job_and_a_restart_loses_nothing(tmp_path, kafka_bootstrap, redis_url,
+                                                                          marketplace_dir, unique):
+    """SIGKILL of the Prism runner process (not the job): the job stops with a one-line error instead of
+    hanging, and a restart (what a supervisor does) resumes from the committed offsets: exact end state."""
+    cfg = isolated_config(kafka_bootstrap, redis_url, unique)
+    h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED)
+    prism = ("--runner", "prism")
+    try:
+        h.start_standardizers()
+        h.start_job("job", prism)
+        h.wait_log("partition group 3: reading", timeout=120)
+        t = threading.Thread(target=h.stream, args=(1200, 300))
+        t.start()
+        time.sleep(2.0)
+        job = h.procs["job"]
+        [(prism_pid, _)] = [(p, cmd) for p, cmd in _children(job.pid) if "prism" in cmd.split(" ")[0]]
+        os.kill(prism_pid, signal.SIGKILL)
+        rc = job.wait(timeout=60)
+        assert rc != 0
+        last = [line for line in h.job_log().splitlines() if line.startswith("nearline: error:")]
+        assert len(last) == 1, h.job_log()[-2000:]
+        h.procs.pop("job")
+        h.start_job("job", prism)
+        t.join()
+        h.wait_caught_up()
+    finally:
+        h.stop_all()
+    assert check_live_and_deleted(h, MUST_HAVE) > 300
+    assert _dead_letters(h) == []
