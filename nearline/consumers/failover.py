@@ -109,8 +109,9 @@ class FailoverReader:
         served = self._served.get(ek)
         errors = []
         n = len(self.endpoints)
+        start = self.current  # the order is fixed before the loop: a failed read below moves self.current
         for step in range(n):
-            i = (self.current + step) % n
+            i = (start + step) % n
             try:
                 raw = self._read(i, key)
             except (redis.RedisError, NoHealthyDataCenter) as exc:
