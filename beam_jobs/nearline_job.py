@@ -55,13 +55,8 @@ class StandardizationJoinFn(beam.DoFn):
         required = self.watcher.required()
         with self.groups.lock(group):
             st = self.groups.get(group, lambda: self.stage.new_state(required))
-            ready, new_reader = st.sequencer.offer(batch)  # in poll order, whatever order the runner delivers
-            if new_reader:  # the group was reassigned and came back: what the join held is another reader's
-                fresh = self.stage.new_state(required)
-                fresh.sequencer = st.sequencer
-                st = fresh
-                self.groups.replace(group, st)
-            out = [self.stage.run(st, group, b, required) for b in ready]
+            st, out = self.stage.run_in_order(st, group, batch, required)
+            self.groups.replace(group, st)
         yield from out
 
 
@@ -77,13 +72,7 @@ class KeyedStandardizationJoinFn(StandardizationJoinFn):
         group, batch = element
         self.watcher.poll()
         required = self.watcher.required()
-        st = state.read() or self.stage.new_state(required)
-        ready, new_reader = st.sequencer.offer(batch)
-        if new_reader:
-            fresh = self.stage.new_state(required)
-            fresh.sequencer = st.sequencer
-            st = fresh
-        out = [self.stage.run(st, group, b, required) for b in ready]
+        st, out = self.stage.run_in_order(state.read() or self.stage.new_state(required), group, batch, required)
         state.write(st)
         yield from out
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -384,19 +385,17 @@ def cmd_backfill(args) -> int:
     bootstrap, redis_url = resolve_endpoints(cfg)
     if args.status:
         return backfill_status_report(cfg, redis_url, args.json)
-    try:
-        if args.runner == "dask":
-            from nearline.launch.dask_cluster import dask_beam_args
+    if args.runner == "dask":
+        from nearline.launch.dask_cluster import dask_beam_args
 
-            with dask_beam_args(args.workers, args.dask_scheduler) as dask_args:
-                res = run_backfill(cfg, bootstrap, redis_url, models=args.models, all_models=args.all,
-                                   dry_run=args.dry_run, rescore=args.rescore, batch_size=args.batch_size,
-                                   max_passes=args.max_passes, beam_args=[*dask_args, *args.beam_args],
-                                   progress=not args.no_progress)
-        else:
+        engine = dask_beam_args(args.workers, args.dask_scheduler)
+    else:
+        engine = contextlib.nullcontext([])
+    try:
+        with engine as engine_args:  # the Beam options of the engine (and, for a local Dask cluster, its lifetime)
             res = run_backfill(cfg, bootstrap, redis_url, models=args.models, all_models=args.all, dry_run=args.dry_run,
                                rescore=args.rescore, batch_size=args.batch_size, max_passes=args.max_passes,
-                               beam_args=args.beam_args, progress=not args.no_progress)
+                               beam_args=[*engine_args, *args.beam_args], progress=not args.no_progress)
     except BackfillError as exc:
         print(f"nearline backfill: {exc}", file=sys.stderr)
         return 2

@@ -159,6 +159,18 @@ class JoinStage:
             raise
         return msg
 
+    def run_in_order(self, state: PartitionGroupState, group, batch: RecordBatch,
+                     required: dict[str, set[str]]) -> tuple[PartitionGroupState, list[WorkBatch]]:
+        """Offer ``batch`` to the group's sequencer and run every batch it releases, in poll order, whatever
+        order the runner delivered them in. Returns the state to keep (a new one when the group came back to
+        this instance: what it held then belongs to another reader) and the WorkBatches."""
+        ready, new_reader = state.sequencer.offer(batch)
+        if new_reader:
+            fresh = self.new_state(required)
+            fresh.sequencer = state.sequencer
+            state = fresh
+        return state, [self.run(state, group, b, required) for b in ready]
+
     def run(self, state: PartitionGroupState, group, batch: RecordBatch,
             required: dict[str, set[str]] | None = None) -> WorkBatch:
         records = batch.records

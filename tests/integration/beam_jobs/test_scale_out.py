@@ -60,8 +60,7 @@ def test_static_instances_split_partitions_and_survive_a_kill(tmp_path, kafka_bo
         assert all(f"partition group {p}: reading" in log for p in own), name
         assert not any(f"partition group {p}: reading" in log for p in other), name
     assert back_s < 60, back_s
-    assert check_live_and_deleted(h, MUST_HAVE) > 300
-    assert _dead_letters(h) == []
+    _assert_exact_and_no_dead_letter(h)
 
 
 def test_group_assignment_survivor_takes_over_within_30s(tmp_path, kafka_bootstrap, redis_url, marketplace_dir,
@@ -96,6 +95,23 @@ def test_group_assignment_survivor_takes_over_within_30s(tmp_path, kafka_bootstr
     finally:
         h.stop_all()
     assert takeover_s < 30
+    _assert_exact_and_no_dead_letter(h)
+
+
+PRISM = ("--runner", "prism")
+
+
+def _stream_through_prism(h: Harness, updates: int) -> threading.Thread:
+    """Standardizers and a Prism job started, ``updates`` streaming at 300/s on a thread (started)."""
+    h.start_standardizers()
+    h.start_job("job", PRISM)
+    h.wait_log("partition group 3: reading", timeout=120)
+    t = threading.Thread(target=h.stream, args=(updates, 300))
+    t.start()
+    return t
+
+
+def _assert_exact_and_no_dead_letter(h: Harness) -> None:
     assert check_live_and_deleted(h, MUST_HAVE) > 300
     assert _dead_letters(h) == []
 
@@ -105,16 +121,11 @@ def test_prism_runner_end_to_end(tmp_path, kafka_bootstrap, redis_url, marketpla
     topic, commit after effects; a SIGKILL mid-stream and a restart lose nothing."""
     cfg = isolated_config(kafka_bootstrap, redis_url, unique)
     h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED)
-    prism = ("--runner", "prism")
     try:
-        h.start_standardizers()
-        h.start_job("job", prism)
-        h.wait_log("partition group 3: reading", timeout=120)
-        t = threading.Thread(target=h.stream, args=(1500, 300))
-        t.start()
+        t = _stream_through_prism(h, 1500)
         time.sleep(2.5)
         h.kill_job()
-        h.start_job("job", prism)
+        h.start_job("job", PRISM)
         t.join()
         h.wait_caught_up()
         # Ctrl-C / SIGTERM to the process group reaches the Prism binary too: still a clean stop
@@ -124,8 +135,7 @@ def test_prism_runner_end_to_end(tmp_path, kafka_bootstrap, redis_url, marketpla
     finally:
         h.stop_all()
     assert "runner PrismRunner" in h.job_log()
-    assert check_live_and_deleted(h, MUST_HAVE) > 300
-    assert _dead_letters(h) == []
+    _assert_exact_and_no_dead_letter(h)
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
@@ -147,13 +157,8 @@ def test_a_killed_prism_process_ends_the_job_and_a_restart_loses_nothing(tmp_pat
     hanging, and a restart (what a supervisor does) resumes from the committed offsets: exact end state."""
     cfg = isolated_config(kafka_bootstrap, redis_url, unique)
     h = Harness(tmp_path / "run", cfg, marketplace_dir, SHIPPED)
-    prism = ("--runner", "prism")
     try:
-        h.start_standardizers()
-        h.start_job("job", prism)
-        h.wait_log("partition group 3: reading", timeout=120)
-        t = threading.Thread(target=h.stream, args=(1200, 300))
-        t.start()
+        t = _stream_through_prism(h, 1200)
         time.sleep(2.0)
         job = h.procs["job"]
         [(prism_pid, _)] = [(p, cmd) for p, cmd in _children(job.pid) if "prism" in cmd.split(" ")[0]]
@@ -163,10 +168,9 @@ def test_a_killed_prism_process_ends_the_job_and_a_restart_loses_nothing(tmp_pat
         last = [line for line in h.job_log().splitlines() if line.startswith("nearline: error:")]
         assert len(last) == 1, h.job_log()[-2000:]
         h.procs.pop("job")
-        h.start_job("job", prism)
+        h.start_job("job", PRISM)
         t.join()
         h.wait_caught_up()
     finally:
         h.stop_all()
-    assert check_live_and_deleted(h, MUST_HAVE) > 300
-    assert _dead_letters(h) == []
+    _assert_exact_and_no_dead_letter(h)
