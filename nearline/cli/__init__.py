@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- errors: one line a person can act on; the traceback only with --verbose ---------------------
 def describe_error(exc: BaseException) -> tuple[str, int]:
     """(one-line message, exit code) for an exception that ended a command. 2: fix the config/arguments."""
-    from nearline.ops.health import Unreachable
+    from nearline.ops.health import RefusedCredentials, Unreachable
     from nearline.ops.procs import ServiceError
 
     def one_line(text: str) -> str:
@@ -178,6 +178,8 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
 
     if isinstance(exc, ConfigError):
         return one_line(f"config: {exc}"), 2
+    if isinstance(exc, RefusedCredentials):
+        return one_line(exc), 2
     if isinstance(exc, (Unreachable, ServiceError)):
         return one_line(exc), 1
     from nearline.io.kafka_io import NotCopartitioned
@@ -204,6 +206,15 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     from redis.exceptions import RedisError
 
     if isinstance(exc, KafkaError):
+        from kafka.errors import KafkaTimeoutError
+
+        from nearline.io.kafka_client_fixes import refused_credentials_hint
+
+        # a wrong password surfaces as a bootstrap time-out (kafka-python retries it): say so when it was one
+        refused = refused_credentials_hint() if isinstance(exc, KafkaTimeoutError) else ""
+        if refused:
+            return one_line(f"Kafka: {exc}: {refused}; check kafka.sasl_mechanism, kafka.sasl_username and "
+                            "NEARLINE_KAFKA_SASL_PASSWORD"), 2
         return one_line(f"Kafka: {type(exc).__name__}: {exc}"), 1
     if isinstance(exc, RedisError):
         return one_line(f"Redis: {type(exc).__name__}: {exc}"), 1

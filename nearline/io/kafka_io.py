@@ -12,6 +12,10 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from nearline.core.lifecycle import backoff_sleep
+from nearline.io import kafka_client_fixes
+
+kafka_client_fixes.apply()
+kafka_client_fixes.install_auth_failure_recorder()
 
 # Security settings (TLS, SASL) every client of this process gets: set once from the config by
 # configure_security() (the CLI does it at start-up; Beam DoFns again in setup(), since on a

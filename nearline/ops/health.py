@@ -35,7 +35,8 @@ def _why(exc: Exception) -> str:
     return text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}"
 
 
-_KAFKA_LOG_LOCK = threading.Lock()
+class RefusedCredentials(Unreachable):
+    """The broker answered but refused the configured SASL credentials: a config fix, not an outage."""
 
 
 def kafka_problem(bootstrap: str, timeout_s: float = 3.0) -> str | None:
@@ -43,14 +44,10 @@ def kafka_problem(bootstrap: str, timeout_s: float = 3.0) -> str | None:
     port is not enough: Kafka listens before its controller is elected.) kafka-python's own log lines
     of a failing probe (a dozen connection errors and back-offs) are muted while it runs: the caller
     reports the outcome in one line."""
-    kafka_log = logging.getLogger("kafka")
-    with _KAFKA_LOG_LOCK:
-        old = kafka_log.level
-        kafka_log.setLevel(logging.CRITICAL)
-        try:
-            return _kafka_probe(bootstrap, timeout_s)
-        finally:
-            kafka_log.setLevel(old)
+    from nearline.io.kafka_client_fixes import muted_kafka_logs
+
+    with muted_kafka_logs():
+        return _kafka_probe(bootstrap, timeout_s)
 
 
 def _kafka_probe(bootstrap: str, timeout_s: float) -> str | None:
@@ -79,7 +76,14 @@ def redis_problem(url: str, timeout_s: float = 2.0) -> str | None:
 
 
 def require_kafka(bootstrap: str, timeout_s: float = 3.0) -> None:
+    from nearline.io.kafka_client_fixes import AUTH_FAILURES, refused_credentials_hint
+
+    AUTH_FAILURES.clear()
     problem = kafka_problem(bootstrap, timeout_s)
+    refused = refused_credentials_hint() if problem else ""
+    if refused:
+        raise RefusedCredentials(f"Kafka at {bootstrap}: {refused}; check kafka.sasl_mechanism, "
+                                 "kafka.sasl_username and NEARLINE_KAFKA_SASL_PASSWORD")
     if problem:
         raise Unreachable(f"Kafka at {bootstrap} is not reachable ({problem}); start it with `nearline services up` "
                           "or point NEARLINE_KAFKA_BOOTSTRAP / kafka.bootstrap at a running broker")
