@@ -28,6 +28,8 @@ from torch import nn
 
 from nearline.models.data import EntityTable, encode_rows
 from nearline.models.metrics import auc, log_loss
+from nearline.models.task_balancing import GRADIENTS
+from nearline.models.task_balancing import backward as joint_backward
 from nearline.models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
 
 SIDES = ("member", "job")
@@ -64,6 +66,9 @@ class TrainConfig:
     """'joint' or 'iterative'."""
     weighting: str = "fixed"
     """Joint mode: 'fixed' (loss_weight per task) or 'uncertainty' (learned, Kendall et al. 2018)."""
+    gradient: str = "sum"
+    """Joint mode: 'sum' of the weighted task losses, or 'pcgrad' (gradient surgery on the shared modules,
+    Yu et al. 2020; models/task_balancing.py)."""
     shared_lr: float = 3e-3
     """Joint mode: learning rate of the shared modules (task-specific ones use their task's lr)."""
     weight_decay: float = 0.0
@@ -99,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"mode must be joint or iterative, not {cfg.mode!r}")
         if cfg.weighting not in ("fixed", "uncertainty"):
             raise ValueError(f"weighting must be fixed or uncertainty, not {cfg.weighting!r}")
+        if cfg.gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, not {cfg.gradient!r}")
         return cfg
 
     def only(self, *task_names: str) -> "TrainConfig":
@@ -410,8 +417,9 @@ class Trainer:
                 iters = {td.name: self._batches(td, gen) for td in self.tasks}
                 steps = max(math.ceil(len(td.train) / self.tcfg[td.name].batch_size) for td in self.tasks)
                 bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs} joint", disable=not self.progress, leave=False)
+                shared = model.params_of([n for n, users in model.users.items() if len(users) > 1])
                 for _ in bar:
-                    total = 0.0
+                    weighted = []
                     for td in self.tasks:
                         try:
                             b = next(iters[td.name])
@@ -422,11 +430,11 @@ class Trainer:
                         losses[td.name].append(loss.item())
                         if cfg.weighting == "uncertainty":
                             s = model.log_vars[f"task_{td.name}"]
-                            total = total + torch.exp(-s) * loss + s
+                            weighted.append(torch.exp(-s) * loss + s)
                         else:
-                            total = total + self.tcfg[td.name].loss_weight * loss
+                            weighted.append(self.tcfg[td.name].loss_weight * loss)
                     opts["*"].zero_grad()
-                    total.backward()
+                    joint_backward(cfg.gradient, weighted, shared, gen)
                     opts["*"].step()
             else:
                 schedule = []

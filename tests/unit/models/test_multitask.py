@@ -51,10 +51,11 @@ def test_missing_features_are_filled_with_declared_defaults(market_data):
     assert not (full["company"] == 2).all()
 
 
-@pytest.mark.parametrize("mode,weighting", [("joint", "fixed"), ("joint", "uncertainty"), ("iterative", "fixed")])
-def test_training_modes_learn(market_data, mode, weighting):
+@pytest.mark.parametrize("mode,weighting,gradient", [("joint", "fixed", "sum"), ("joint", "uncertainty", "sum"),
+                                                     ("iterative", "fixed", "sum"), ("joint", "fixed", "pcgrad")])
+def test_training_modes_learn(market_data, mode, weighting, gradient):
     tables, frames = market_data
-    res = Trainer(tiny_config(mode, weighting, epochs=3), tables, frames, progress=False).fit()
+    res = Trainer(tiny_config(mode, weighting, epochs=3, gradient=gradient), tables, frames, progress=False).fit()
     m = res.best["metrics"]
     assert m["view"]["auc"] > 0.6, m            # real signal, not chance
     assert all(0 < v["logloss"] < 1.5 for v in m.values())
