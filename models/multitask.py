@@ -26,13 +26,14 @@ import torch
 import yaml
 from torch import nn
 
-from nearline.models.data import EntityTable, encode_rows
+from nearline.models.data import EntityTable
+from nearline.models.feature_store import FeatureStore
 from nearline.models.metrics import auc, log_loss
 from nearline.models.task_balancing import GRADIENTS
 from nearline.models.task_balancing import backward as joint_backward
 from nearline.models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
 
-SIDES = ("member", "job")
+from nearline.models.feature_store import SIDES  # noqa: E402  (re-exported: the two sides of every model)
 
 
 # ---------------------------------------------------------------- config
@@ -88,6 +89,10 @@ class TrainConfig:
     tasks: list[TaskConfig] = field(default_factory=list)
     model_names: dict[str, str] = field(default_factory=lambda: {"member": "member_pyramid", "job": "job_pyramid"})
     """Registered model name of each exported tower."""
+    entity_types: dict[str, str] = field(default_factory=lambda: {"member": "member", "job": "job"})
+    """Entity type of each side's tower (the first tower is the "member" side, the second the "job" side),
+    e.g. {member: user, job: movie}: written into the exported manifests (the nearline config's
+    entity_types must list them), and the names a source may key its tables and columns by."""
     max_rows_per_task: int | None = None
     """Cap on rows per task (quick runs, tests)."""
     vocab_subsets: list[dict] = field(default_factory=list)
@@ -100,6 +105,9 @@ class TrainConfig:
         raw = yaml.safe_load(Path(path).read_text())
         tasks = [TaskConfig(name=n, **t) for n, t in raw.pop("tasks").items()]
         cfg = cls(**raw, tasks=tasks)
+        cfg.entity_types = {**{s: s for s in SIDES}, **cfg.entity_types}
+        if set(cfg.entity_types) != set(SIDES) or len(set(cfg.entity_types.values())) != 2:
+            raise ValueError(f"entity_types maps the two sides {SIDES} to two different names, not {cfg.entity_types}")
         if cfg.mode not in ("joint", "iterative"):
             raise ValueError(f"mode must be joint or iterative, not {cfg.mode!r}")
         if cfg.weighting not in ("fixed", "uncertainty"):
@@ -217,40 +225,6 @@ def apply_vocab_subsets(cfg: TrainConfig, tables: dict[str, EntityTable], frames
     return report
 
 
-class FeatureStore:
-    """Entity features as ready tensors of embedding rows (the unified schema), per side."""
-
-    def __init__(self, tables: dict[str, EntityTable], schema: dict[str, dict[str, FeatureSpec]]):
-        self.schema = schema
-        self.rows: dict[str, dict[str, torch.Tensor]] = {}
-        self.defaults: dict[str, dict[str, torch.Tensor]] = {}
-        for side in SIDES:
-            t = tables[side]
-            d, dflt = {}, {}
-            for name, spec in schema[side].items():
-                ids = t.features[name][:, : spec.max_len]
-                d[name] = torch.from_numpy(encode_rows(spec, ids))
-                if spec.weighted:
-                    d[f"{name}__weight"] = torch.from_numpy(t.weights[name][:, : spec.max_len].copy())
-                dv = np.full((1, spec.max_len), -1, dtype=np.int64)
-                dv[0, : len(spec.default_ids)] = spec.default_ids[: spec.max_len]
-                dflt[name] = torch.from_numpy(encode_rows(spec, dv))
-                if spec.weighted:
-                    dflt[f"{name}__weight"] = (dflt[name] != spec.pad_id).float()
-            self.rows[side], self.defaults[side] = d, dflt
-
-    def batch(self, side: str, idx: torch.Tensor, present: set[str]) -> dict[str, torch.Tensor]:
-        out = {}
-        for name in self.schema[side]:
-            keys = [name] + ([f"{name}__weight"] if f"{name}__weight" in self.rows[side] else [])
-            for k in keys:
-                if name in present:
-                    out[k] = self.rows[side][k][idx]
-                else:  # the task's data lacks this feature: the declared default fills it
-                    out[k] = self.defaults[side][k].expand(len(idx), -1)
-        return out
-
-
 # ---------------------------------------------------------------- model
 class MultitaskModel(nn.Module):
     def __init__(self, cfg: TrainConfig, schema: dict[str, dict[str, FeatureSpec]]):
@@ -281,6 +255,10 @@ class MultitaskModel(nn.Module):
                 self.users[name].append(t.name)
                 roles[role] = name
             self.task_modules[t.name] = roles
+            dims = {role: int(self.declared[roles[role]]["config"].get("dim", 0)) for role in roles}
+            if len(set(dims.values())) != 1:
+                raise ValueError(f"task {t.name}: the head multiplies the two towers' embeddings element-wise, so "
+                                 f"member_tower, job_tower and head need one dim; got {dims}")
         # keys are prefixed: a task named e.g. "apply" would clash with nn.Module attributes
         self.log_vars = nn.ParameterDict({f"task_{t.name}": nn.Parameter(torch.zeros(())) for t in cfg.tasks})
 
@@ -289,7 +267,11 @@ class MultitaskModel(nn.Module):
         if role == "head":
             return HadamardHead(int(decl["dim"]))
         side = role.split("_")[0]
+        unknown = set(decl.get("emb_dims", {})) - set(schema[side])
+        if unknown:
+            raise ValueError(f"{role} emb_dims names features the {side} side does not have: {sorted(unknown)}")
         tc = TowerConfig(features=tuple(schema[side].values()), emb_dim=int(decl.get("emb_dim", 16)),
+                         emb_dims={k: int(v) for k, v in decl.get("emb_dims", {}).items()},
                          widths=tuple(decl.get("widths", (64, 128, 256))), dim=int(decl["dim"]),
                          dropout=float(decl.get("dropout", 0.1)), norm=decl.get("norm", "layer"),
                          l2_normalize=bool(decl.get("l2_normalize", False)))
@@ -486,4 +468,4 @@ def load_source(cfg: TrainConfig):
     """The config's source (a registered name or module:function, see models/sources.py), checked."""
     from nearline.models.sources import load
 
-    return load(cfg.source, **cfg.source_args)
+    return load(cfg.source, entity_types=cfg.entity_types, **cfg.source_args)

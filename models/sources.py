@@ -60,10 +60,23 @@ def resolve_source(name: str) -> Source:
     raise ValueError(f"unknown source {name!r}; known: {sorted(SOURCES)}, or give module:function")
 
 
-def load(name: str, **source_args):
+def load(name: str, entity_types: dict[str, str] | None = None, **source_args):
+    """The source's tables and frames, checked. With ``entity_types`` ({"member": "reader", "job": "article"})
+    a source may key its tables by those names and give ``reader_idx`` / ``article_idx`` columns: they are
+    renamed to the two sides here (the first tower is the "member" side, the second the "job" side)."""
     tables, frames = resolve_source(name)(**source_args)
+    tables, frames = _to_sides(tables, frames, entity_types or {})
     check_source(tables, frames)
     return tables, frames
+
+
+def _to_sides(tables, frames, entity_types: dict[str, str]):
+    renames = {name: side for side, name in entity_types.items() if name != side}
+    if not renames or not isinstance(tables, dict):
+        return tables, frames
+    tables = {renames.get(k, k): v for k, v in tables.items()}
+    cols = {f"{name}_{suffix}": f"{side}_{suffix}" for name, side in renames.items() for suffix in ("idx", "id")}
+    return tables, {k: df.rename(columns=cols) for k, df in frames.items()}
 
 
 def check_source(tables: dict, frames: dict) -> None:
@@ -71,7 +84,8 @@ def check_source(tables: dict, frames: dict) -> None:
     for side in ("member", "job"):
         t = tables.get(side) if isinstance(tables, dict) else None
         if not isinstance(t, EntityTable):
-            raise ValueError(f"a source must return tables['{side}'] as an EntityTable (models.data.table_from_rows)")
+            raise ValueError(f"a source must return tables['{side}'] as an EntityTable (models.data.table_from_rows), "
+                             f"or name its tables as the config's entity_types say; got {sorted(tables or {})}")
         for f, spec in t.specs.items():
             a = t.features.get(f)
             if a is None or a.shape != (len(t.ids), spec.max_len):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -28,6 +28,8 @@ class TowerConfig:
     features: tuple[FeatureSpec, ...]
     emb_dim: int = 16
     """Width of each feature's embedding."""
+    emb_dims: dict[str, int] = field(default_factory=dict)
+    """Per-feature widths that replace emb_dim, e.g. {movie: 32} for a high-cardinality id feature."""
     widths: tuple[int, ...] = (64, 128, 256)
     """Dense layer widths; must not shrink (the pyramid widens)."""
     dim: int = 32
@@ -69,8 +71,9 @@ class PyramidTower(nn.Module):
     def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
-        self.embeddings = nn.ModuleDict({f.name: MaskedMeanEmbedding(f, cfg.emb_dim) for f in cfg.features})
-        width_in = cfg.emb_dim * len(cfg.features)
+        widths = {f.name: int(cfg.emb_dims.get(f.name, cfg.emb_dim)) for f in cfg.features}
+        self.embeddings = nn.ModuleDict({f.name: MaskedMeanEmbedding(f, widths[f.name]) for f in cfg.features})
+        width_in = sum(widths.values())
         self.layers = nn.ModuleList()
         seen = width_in
         for w in cfg.widths:

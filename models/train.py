@@ -30,6 +30,10 @@ def run_training(config_path: Path, out_dir: Path | None = None, version: str | 
     for feat, rep in trainer.vocab_report.items():
         print(f"vocabulary of {feat}: kept {rep['n']} of {rep['distinct_values']} values per side, covering "
               f"{rep['covered']:.1%} of interactions; " + ", ".join(f"n={c['n']}: {c['densest']:.1%}" for c in rep["curve"]))
+    oov = trainer.store.oov_lines(cfg.entity_types)
+    if progress:
+        for line in oov:
+            print(line)
     res = trainer.fit()
     # held-out test rows (if the split has them): the numbers to report, at the epoch early stopping chose
     test_metrics = trainer.evaluate("test") if any(len(td.test) for td in trainer.tasks) else {}
@@ -48,7 +52,7 @@ def run_training(config_path: Path, out_dir: Path | None = None, version: str | 
     lines, pkgs, max_diff = [], {}, {}
     for side in ("member", "job"):
         tower = res.model.tower(side, first)
-        pkg = export_package(tower, root, cfg.model_names[side], version, side, provenance, heads)
+        pkg = export_package(tower, root, cfg.model_names[side], version, cfg.entity_types[side], provenance, heads)
         # parity on real rows of the validation split
         td = res.tasks[0]
         idx = torch.from_numpy(td.val[f"{side}_idx"].to_numpy()[:256])
@@ -70,6 +74,7 @@ def run_training(config_path: Path, out_dir: Path | None = None, version: str | 
                "parameters": sum(p.numel() for p in res.model.parameters()),
                "onnx_bytes": {k: (v / "tower.onnx").stat().st_size for k, v in pkgs.items()},
                "parity_max_abs_diff": max_diff, "plots": [str(p) for p in plots],
-               "total_seconds": time.perf_counter() - t0, "history": res.history, "vocab_subsets": res.vocab_report}
+               "total_seconds": time.perf_counter() - t0, "history": res.history, "vocab_subsets": res.vocab_report,
+               "out_of_vocabulary": trainer.store.oov}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from nearline.models.metrics import auc
-from nearline.models.multitask import FeatureStore, MultitaskModel, Trainer, unified_schema
+from nearline.models.feature_store import FeatureStore
+from nearline.models.multitask import MultitaskModel, Trainer, unified_schema
 from tests.unit.models.conftest import TOWER, tiny_config
 
 
