@@ -31,6 +31,7 @@ from nearline.models.feature_store import FeatureStore
 from nearline.models.metrics import auc, log_loss
 from nearline.models.task_balancing import GRADIENTS
 from nearline.models.task_balancing import backward as joint_backward
+from nearline.models.task_balancing import task_loss
 from nearline.models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
 
 from nearline.models.feature_store import SIDES  # noqa: E402  (re-exported: the two sides of every model)
@@ -67,6 +68,9 @@ class TrainConfig:
     """'joint' or 'iterative'."""
     weighting: str = "fixed"
     """Joint mode: 'fixed' (loss_weight per task) or 'uncertainty' (learned, Kendall et al. 2018)."""
+    share_embeddings: bool = False
+    """Towers of the same side declared under different names (task-specific towers) share their feature
+    embedding tables: a shared bottom with task-specific dense layers (against negative transfer)."""
     gradient: str = "sum"
     """Joint mode: 'sum' of the weighted task losses, or 'pcgrad' (gradient surgery on the shared modules,
     Yu et al. 2020; models/task_balancing.py)."""
@@ -261,6 +265,21 @@ class MultitaskModel(nn.Module):
                                  f"member_tower, job_tower and head need one dim; got {dims}")
         # keys are prefixed: a task named e.g. "apply" would clash with nn.Module attributes
         self.log_vars = nn.ParameterDict({f"task_{t.name}": nn.Parameter(torch.zeros(())) for t in cfg.tasks})
+        self.shared_embeddings = self._tie_embeddings() if cfg.share_embeddings else {}
+
+    def _tie_embeddings(self) -> dict[str, list[str]]:
+        """The towers of one side use the first such tower's embedding tables (same module objects)."""
+        tied = {}
+        for side in SIDES:
+            towers = [n for n, d in self.declared.items() if d["role"] == f"{side}_tower"]
+            first = self.modules_by_name[towers[0]]
+            for name in towers[1:]:
+                tower = self.modules_by_name[name]
+                for feat, emb in first.embeddings.items():
+                    if feat in tower.embeddings and tower.embeddings[feat].emb.weight.shape == emb.emb.weight.shape:
+                        tower.embeddings[feat] = emb
+                tied.setdefault(towers[0], [towers[0]]).append(name)
+        return tied
 
     @staticmethod
     def _build(role: str, decl: dict, schema) -> nn.Module:
@@ -278,7 +297,9 @@ class MultitaskModel(nn.Module):
         return PyramidTower(tc)
 
     def sharing_report(self) -> dict[str, dict]:
-        return {name: {"shared": len(users) > 1, "tasks": users, "role": self.declared[name]["role"]}
+        tied = {n: towers for towers in self.shared_embeddings.values() for n in towers}
+        return {name: {"shared": len(users) > 1, "tasks": users, "role": self.declared[name]["role"],
+                       **({"embeddings_shared_with": [t for t in tied[name] if t != name]} if name in tied else {})}
                 for name, users in self.users.items()}
 
     def tower(self, side: str, task: str | None = None) -> PyramidTower:
@@ -291,18 +312,15 @@ class MultitaskModel(nn.Module):
         j = self.modules_by_name[r["job_tower"]](job)
         return self.modules_by_name[r["head"]](m, j)
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters more than one task trains: shared modules, and embedding tables tied across towers."""
+        shared = {id(p): p for p in self.params_of([n for n, users in self.users.items() if len(users) > 1])}
+        for first in self.shared_embeddings:
+            shared.update({id(p): p for p in self.modules_by_name[first].embeddings.parameters()})
+        return list(shared.values())
+
     def params_of(self, names) -> list[nn.Parameter]:
-        return [p for n in names for p in self.modules_by_name[n].parameters()]
-
-
-def task_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    if kind == "bce":
-        return bce.mean()
-    if kind == "focal":
-        p_t = torch.exp(-bce)
-        return ((1 - p_t) ** 2 * bce).mean()
-    raise ValueError(f"unknown loss {kind!r} (bce or focal)")
+        return list({id(p): p for n in names for p in self.modules_by_name[n].parameters()}.values())
 
 
 # ---------------------------------------------------------------- training
@@ -350,10 +368,15 @@ class Trainer:
     def _optimizers(self):
         cfg, model = self.cfg, self.model
         if cfg.mode == "joint":
-            groups = []
+            groups, seen = [], set()
+            tied = {id(p) for t in model.shared_embeddings for p in model.modules_by_name[t].embeddings.parameters()}
             for name, users in model.users.items():
                 lr = cfg.shared_lr if len(users) > 1 else self.tcfg[users[0]].lr
-                groups.append({"params": list(model.modules_by_name[name].parameters()), "lr": lr})
+                own = [p for p in model.modules_by_name[name].parameters() if id(p) not in seen | tied]
+                seen |= {id(p) for p in own}
+                groups.append({"params": own, "lr": lr})
+            if tied:  # embedding tables tied across task-specific towers: shared, at the shared rate
+                groups.append({"params": [p for p in model.parameters() if id(p) in tied], "lr": cfg.shared_lr})
             if cfg.weighting == "uncertainty":
                 groups.append({"params": list(model.log_vars.parameters()), "lr": cfg.shared_lr})
             return {"*": torch.optim.Adam(groups, weight_decay=cfg.weight_decay)}
@@ -399,7 +422,7 @@ class Trainer:
                 iters = {td.name: self._batches(td, gen) for td in self.tasks}
                 steps = max(math.ceil(len(td.train) / self.tcfg[td.name].batch_size) for td in self.tasks)
                 bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs} joint", disable=not self.progress, leave=False)
-                shared = model.params_of([n for n, users in model.users.items() if len(users) > 1])
+                shared = model.shared_parameters()
                 for _ in bar:
                     weighted = []
                     for td in self.tasks:

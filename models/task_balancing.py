@@ -1,4 +1,4 @@
-"""How the task losses of one joint step become one update of the shared modules.
+"""Each task's loss, and how the task losses of one joint step become one update of the shared modules.
 
 ``gradient: sum`` (the default) back-propagates the weighted sum of the task losses. ``gradient: pcgrad`` is
 gradient surgery (Yu et al., 2020, "Gradient Surgery for Multi-Task Learning"): each task's gradient on the
@@ -14,6 +14,16 @@ import torch
 from torch import nn
 
 GRADIENTS = ("sum", "pcgrad")
+
+
+def task_loss(kind: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    if kind == "bce":
+        return bce.mean()
+    if kind == "focal":
+        p_t = torch.exp(-bce)
+        return ((1 - p_t) ** 2 * bce).mean()
+    raise ValueError(f"unknown loss {kind!r} (bce or focal)")
 
 
 def pcgrad_project(grads: list[torch.Tensor], gen: torch.Generator) -> torch.Tensor:

@@ -38,3 +38,30 @@ def test_backward_sets_surgery_on_shared_and_plain_gradients_on_task_parameters(
     assert torch.allclose(w.grad, g1 + g2)
     with pytest.raises(ValueError, match="gradient must be one of"):
         backward("gradnorm", [h1 * w[0], h2 * w[1]], [w], gen)
+
+
+def test_share_embeddings_ties_the_tables_of_task_specific_towers(market_data):
+    """Task-specific towers (different names) with share_embeddings: one embedding table per feature and side,
+    trained by both tasks in either mode; the dense layers stay each task's own."""
+    from nearline.models.multitask import Trainer
+
+    from tests.unit.models.conftest import TOWER, tiny_config
+
+    tables, frames = market_data
+    for mode in ("joint", "iterative"):
+        cfg = tiny_config(mode, tasks=("view", "apply"), epochs=1, share_embeddings=True)
+        cfg.tasks[1].architecture = {"member_tower": {"name": "apply_member_tower", **TOWER},
+                                     "job_tower": {"name": "apply_job_tower", **TOWER}}
+        tr = Trainer(cfg, tables, frames, progress=False)
+        view_m, apply_m = tr.model.tower("member", "view"), tr.model.tower("member", "apply")
+        assert view_m is not apply_m and view_m.layers[0] is not apply_m.layers[0]
+        assert all(apply_m.embeddings[f] is e for f, e in view_m.embeddings.items())
+        assert tr.model.sharing_report()["apply_member_tower"]["embeddings_shared_with"] == ["member_tower"]
+        before = view_m.embeddings["title"].emb.weight.detach().clone()
+        dense_before = apply_m.layers[0][0].weight.detach().clone()
+        tr.fit()
+        assert not torch.equal(before, view_m.embeddings["title"].emb.weight)
+        assert not torch.equal(dense_before, apply_m.layers[0][0].weight)
+        n_params = sum(p.numel() for g in tr._optimizers()[next(iter(tr._optimizers()))].param_groups for p in g["params"])
+        if mode == "joint":  # every parameter in exactly one group (torch refuses duplicates)
+            assert n_params == sum(p.numel() for p in tr.model.parameters()) - len(tr.model.log_vars)
