@@ -120,5 +120,6 @@ def marketplace_dir(tmp_path_factory) -> Path:
     from nearline.marketplace.generate import MarketplaceSpec, generate
 
     out = tmp_path_factory.mktemp("marketplace")
-    generate(MarketplaceSpec(members=400, jobs=200, seed=3), out, progress=False)
+    generate(MarketplaceSpec(members=400, jobs=200, impressions_per_member=20, inmails_per_job=4, seed=3), out,
+             progress=False)
     return out

@@ -344,7 +344,7 @@ def test_standardizers_get_their_taxonomies(docs, cfg):
     for d in (d for d in docs if d["kind"] == "Deployment"):
         spec = pod_spec(d)
         (init,) = spec["initContainers"]
-        assert init["command"] == ["nearline", "marketplace", "generate"]
+        assert init["command"] == ["nearline", "marketplace", "generate", "--preset", "demo"]
         (main,) = spec["containers"]
         volumes = {v["name"]: v for v in spec["volumes"]}
         for c in (init, main):

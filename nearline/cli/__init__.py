@@ -64,9 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["generate", "stream"])
     s.add_argument("--out", help="data directory (default: standardizers.taxonomy_dir)")
     s.add_argument("--seed", type=int, default=7, help="random seed (deterministic output)")
-    s.add_argument("--members", type=int, default=2000)
-    s.add_argument("--jobs", type=int, default=1000)
-    s.add_argument("--impressions", type=int, default=20, help="jobs shown per member (view task rows)")
+    s.add_argument("--preset", choices=["default", "demo"], default="default",
+                   help="default: the training size (20k members, 10k jobs, 30 impressions each, 10 InMails per job); "
+                        "demo: the small one the demo and the shipped v1 towers use")
+    s.add_argument("--members", type=int, default=None, help="members (default: the preset's)")
+    s.add_argument("--jobs", type=int, default=None, help="jobs (default: the preset's)")
+    s.add_argument("--impressions", type=int, default=None, help="jobs shown per member (view task rows)")
+    s.add_argument("--inmails", type=int, default=None, help="recruiter InMails per job (InMail task rows)")
     s.add_argument("--companies", type=int, default=0, help="0 = scale with size")
     s.add_argument("--format", choices=["parquet", "avro"], default="parquet")
     s.add_argument("--rate", type=float, default=200.0, help="stream: events per second (0 = unthrottled)")

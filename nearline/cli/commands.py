@@ -77,10 +77,10 @@ def cmd_marketplace(args) -> int:
     cfg = _cfg(args)
     out = Path(args.out) if args.out else cfg.path(cfg.standardizers.taxonomy_dir)
     if args.action == "generate":
-        from nearline.marketplace.generate import MarketplaceSpec, generate
+        from nearline.marketplace.generate import generate, preset
 
-        spec = MarketplaceSpec(members=args.members, jobs=args.jobs, seed=args.seed,
-                               impressions_per_member=args.impressions, companies=args.companies)
+        spec = preset(args.preset, members=args.members, jobs=args.jobs, seed=args.seed,
+                      impressions_per_member=args.impressions, inmails_per_job=args.inmails, companies=args.companies)
         summary = generate(spec, out, fmt=args.format)
         print(json.dumps({k: v for k, v in summary.items() if k != "spec"}, indent=2))
         print(f"written to {out}")

@@ -25,7 +25,7 @@ def run_multidc_demo(cfg: Config, n_dcs: int, rate: float, duration: float | Non
     from nearline.io import kafka_io
     from nearline.io.codec import codec_for
     from nearline.io.store import RedisEmbeddingStore
-    from nearline.marketplace.generate import MarketplaceSpec, generate
+    from nearline.marketplace.generate import generate, preset
     from nearline.marketplace.stream import UpdateStreamer, load_marketplace
     from nearline.multidc.clusters import MultiDCServices
 
@@ -36,7 +36,7 @@ def run_multidc_demo(cfg: Config, n_dcs: int, rate: float, duration: float | Non
     data = cfg.path(cfg.standardizers.taxonomy_dir).resolve()
     if not (data / "summary.json").exists():
         print(f"generating the marketplace into {data} ...")
-        generate(MarketplaceSpec(members=members, jobs=jobs), data)
+        generate(preset("demo", members=members, jobs=jobs), data)
     base = {"models": {"registry": str(cfg.path(cfg.models.registry).resolve())},
             "standardizers": {"taxonomy_dir": str(data)}, "job": {"metrics_port": cfg.job.metrics_port}}
     confs = m.write_dc_configs(ep, m.state_dir / "configs", base)

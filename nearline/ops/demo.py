@@ -62,7 +62,7 @@ def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float 
     from nearline.io import kafka_io
     from nearline.io.codec import codec_for
     from nearline.io.store import RedisEmbeddingStore
-    from nearline.marketplace.generate import MarketplaceSpec, generate
+    from nearline.marketplace.generate import generate, preset
     from nearline.marketplace.stream import UpdateStreamer, load_marketplace
     from nearline.ops.procs import port_open
     from nearline.ops.services import LocalServices
@@ -81,7 +81,7 @@ def run_demo(cfg: Config, config_path: str | None, rate: float, duration: float 
     data = cfg.path(cfg.standardizers.taxonomy_dir)
     if not (data / "summary.json").exists():
         print(f"generating the marketplace into {data} ...")
-        generate(MarketplaceSpec(members=members, jobs=jobs), data)
+        generate(preset("demo", members=members, jobs=jobs), data)
     good, bad = Registry(cfg.path(cfg.models.registry)).load(cfg.entity_types)
     for entry, problems in bad.items():
         print(f"model {entry} refused: {'; '.join(problems)}")
