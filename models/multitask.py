@@ -27,14 +27,12 @@ import yaml
 from torch import nn
 
 from nearline.models.data import EntityTable
-from nearline.models.feature_store import FeatureStore
+from nearline.models.feature_store import SIDES, FeatureStore
 from nearline.models.metrics import auc, log_loss
 from nearline.models.task_balancing import GRADIENTS
 from nearline.models.task_balancing import backward as joint_backward
 from nearline.models.task_balancing import task_loss
 from nearline.models.tower import FeatureSpec, HadamardHead, PyramidTower, TowerConfig
-
-from nearline.models.feature_store import SIDES  # noqa: E402  (re-exported: the two sides of every model)
 
 
 # ---------------------------------------------------------------- config

@@ -45,6 +45,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "joint, PCGrad": ("gradient surgery on the shared towers (Yu et al. 2020)", {"mode": "joint", "gradient": "pcgrad"}),
     "iterative": ("tasks take turns, each its own optimizer and learning rate", {"mode": "iterative"}),
     "iterative, liked weight 0.5": ("per-task loss weight", {"mode": "iterative", "task.liked.loss_weight": 0.5}),
+    "iterative, liked weight 2": ("per-task loss weight", {"mode": "iterative", "task.liked.loss_weight": 2.0}),
     "iterative, shared embeddings only": (
         "shared bottom: one embedding table per feature, each task its own dense tower layers",
         {"mode": "iterative", "share_embeddings": True, "task.liked.architecture": LIKED_OWN_TOWERS}),
@@ -53,6 +54,24 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "the same shared bottom, one optimizer",
         {"mode": "joint", "share_embeddings": True, "task.liked.architecture": LIKED_OWN_TOWERS}),
 }
+
+
+READING = """## Reading the table
+
+* The issue's bar (a configuration beating the best single-task model by >= 0.005 test AUC on *both* tasks)
+  is **not met**. Iterative training gains on both, but on rated by half the margin: +0.0024 (3 seeds, std
+  0.0006), with liked +0.025. The shared bottom (iterative, shared embeddings only) is the best on rated,
+  +0.0033, and gives up some of liked's gain (+0.016).
+* Joint training loses on rated whatever is done to the combination of the task gradients: fixed weights
+  -0.011, learned uncertainty weights -0.005, PCGrad -0.013, a shared bottom -0.005 (one seed each, since
+  each is already far below the bar). Iterative training, where each task's step uses its own Adam state,
+  is what avoids the interference here; the task-gradient remedies do not recover it in joint mode.
+* Capacity is not the limit: 2x wider towers change neither the single-task models (rated 0.8453 vs 0.8452)
+  nor the iterative one (+0.0019). Down- or up-weighting the liked task (0.5, 2) moves rated by < 0.002.
+* The single-task baselines are trained the same way (to convergence, same rows, same early stopping); with
+  the short 5-epoch runs of docs/results.md the multitask gain on rated looked like +0.001, and the baselines
+  were still improving.
+"""
 
 
 def configure(base: TrainConfig, overrides: dict) -> TrainConfig:
@@ -136,12 +155,12 @@ def render(log: Path, out_md: Path, plot: Path) -> str:
                 cells += ["", ""]
                 continue
             m = float(np.mean(vals))
-            cells.append(f"{m:.4f} ± {np.std(vals):.4f}")
+            cells.append(f"{m:.4f} ± {np.std(vals):.4f}" if len(vals) > 1 else f"{m:.4f} (one seed)")
             cells.append(f"{m - best_single[t]:+.4f}" if t in best_single and not name.startswith("single") else "")
         lines.append(f"| {name} | {what} | " + " | ".join(cells)
                      + f" | {', '.join(map(str, s['seeds']))} | {', '.join(map(str, s['epochs']))} |")
     _plot(summary, best_single, plot)
-    lines += ["", f"![test AUC per variant]({plot.relative_to(out_md.parent)})", ""]
+    lines += ["", f"![test AUC per variant]({plot.relative_to(out_md.parent)})", "", READING]
     out_md.write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
 
@@ -161,6 +180,7 @@ def _plot(summary: dict, best_single: dict, path: Path) -> None:
         ax.axvline(0.005, color="tab:red", ls="--", lw=1)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_title(f"{t}: test AUC minus single-task")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
         ax.invert_yaxis()
     for ax in axes[1:]:
         ax.set_yticklabels([])
