@@ -22,6 +22,8 @@ from nearline.io.offsets import OffsetTracker
 from nearline.standardize.processors import Processor, StandardizationError, load_taxonomies, make_processor
 
 log = logging.getLogger(__name__)
+# kafka-python's default is 5 min; one metadata request per 10 s per standardizer costs nothing measurable
+METADATA_MAX_AGE_MS = 10_000
 
 
 def standardize_message(proc: Processor, codec: Codec, value: bytes, now_ms: int,
@@ -101,7 +103,12 @@ def run_processor(cfg: Config, name: str, bootstrap: str, *, max_messages: int |
         return kafka_io.make_consumer(bootstrap, cfg.standardizers.group(name),
                                       session_timeout_ms=cfg.kafka.session_timeout_ms,
                                       heartbeat_interval_ms=cfg.kafka.heartbeat_interval_ms,
-                                      max_poll_records=500)
+                                      max_poll_records=500,
+                                      # a member that led its group's assignment before its own metadata
+                                      # listed the input partitions was assigned nothing until its next
+                                      # refresh, 5 min by default (seen once in CI: "assigned []" and idle);
+                                      # a refresh every 10 s makes it rejoin with the partitions within 10 s
+                                      metadata_max_age_ms=METADATA_MAX_AGE_MS)
 
     consumer = new_consumer()
     producer = kafka_io.make_producer(bootstrap, cfg.kafka.producer_linger_ms)
